@@ -1,0 +1,30 @@
+"""blpjax: BLP random-coefficients logit demand estimation in pure JAX.
+
+Importing blpjax turns on float64 in JAX (``jax_enable_x64``): share inversions are solved to
+1e-14, which float32 cannot represent. See :mod:`blpjax._config`.
+"""
+
+from . import _config as _config  # noqa: F401  (enables float64 first)
+from ._contraction import ContractionConfig as ContractionConfig
+from ._errors import BLPDataError as BLPDataError
+from ._errors import BLPSpecificationError as BLPSpecificationError
+from ._errors import Status as Status
+from ._implicit import Market as Market
+from ._implicit import Theta as Theta
+from ._implicit import solve_delta as solve_delta
+from ._implicit import solve_delta_unrolled as solve_delta_unrolled
+from ._integration import Integration as Integration
+from ._markets import Agents as Agents
+from ._markets import Products as Products
+from ._optimize import OptaxOptimizer as OptaxOptimizer
+from ._optimize import ScipyOptimizer as ScipyOptimizer
+from ._problem import Problem as Problem
+from ._results import Results as Results
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agents", "BLPDataError", "BLPSpecificationError", "ContractionConfig", "Integration", "Market",
+    "OptaxOptimizer", "Problem", "Products", "Results", "ScipyOptimizer", "Status", "Theta",
+    "solve_delta", "solve_delta_unrolled",
+]

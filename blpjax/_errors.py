@@ -1,0 +1,41 @@
+"""Exceptions raised before numerics, and result codes reported from inside jit."""
+
+from __future__ import annotations
+
+import enum
+
+
+class BLPDataError(ValueError):
+    """Bad input data, detected before any numerics run. The message names the column or market."""
+
+
+class BLPSpecificationError(ValueError):
+    """An inconsistent model specification (instruments, parameters, integration)."""
+
+
+class Status(enum.IntEnum):
+    """Result codes of a share inversion, per market (reported, never silently turned into NaN)."""
+
+    CONVERGED = 0
+    MAX_EVALUATIONS = 1
+    NONFINITE = 2
+
+    def explain(self) -> str:
+        return _EXPLANATIONS[self]
+
+
+_EXPLANATIONS = {
+    Status.CONVERGED: "the contraction converged",
+    Status.MAX_EVALUATIONS: (
+        "the contraction hit its evaluation limit before reaching the tolerance; raise "
+        "ContractionConfig.max_evaluations, loosen tol, or start from better parameters"
+    ),
+    Status.NONFINITE: (
+        "the contraction produced non-finite mean utilities (overflow or zero simulated shares); "
+        "the parameters are probably extreme: bound them or rescale the characteristics"
+    ),
+}
+
+
+class ContractionError(RuntimeError):
+    """Raised by front-end calls that ask for a hard failure when some market did not converge."""

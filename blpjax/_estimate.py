@@ -1,0 +1,165 @@
+"""One- and two-step GMM estimation over θ, and the statistics of each step.
+
+``estimate`` is a convenience that owns nothing the caller could not: it jits one
+value-and-gradient function of (θ, δ₀), hands it to an optimiser (:mod:`._optimize`), and then
+evaluates, in one jitted post-step function, β, ξ, the updated weighting matrix, the Jacobian of
+the moments by ``jax.jacfwd`` (through the implicit δ(θ)), standard errors and the exact Hessian.
+"""
+
+from __future__ import annotations
+
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from ._contraction import ContractionConfig
+from ._errors import BLPSpecificationError
+from ._gmm import SE_TYPES, Concentration, instrument_moments, moment_covariances, parameter_covariances, symmetric_inverse
+from ._markets import Products
+from ._objective import Setup, objective, solve_deltas, structural_errors
+from ._optimize import OptaxOptimizer, ScipyOptimizer, optax_minimize, scipy_minimize
+from ._params import ParameterSpec
+
+
+class StepResult(eqx.Module):
+    """Everything one GMM step produced (arrays; labels live in the front end)."""
+
+    step: int = eqx.field(static=True)
+    theta: Float[Array, " P"]
+    beta: Float[Array, " K1"]
+    objective: Array
+    gradient: Float[Array, " P"]
+    hessian: Float[Array, "P P"]
+    delta: Float[Array, "T J"]
+    xi: Float[Array, "T J"]
+    fixed_effects: Float[Array, "T J"]
+    W: Float[Array, "M M"]
+    updated_W: Float[Array, "M M"]
+    moments: Float[Array, " M"]
+    moments_jacobian: Float[Array, "M PK"]
+    covariances: Float[Array, "PK PK"]
+    se: Float[Array, " PK"]
+    evaluations: Int[Array, " T"]
+    status: Int[Array, " T"]
+    optimizer_success: bool = eqx.field(static=True)
+    optimizer_iterations: int = eqx.field(static=True)
+    objective_evaluations: int = eqx.field(static=True)
+    optimizer_message: str = eqx.field(static=True)
+    seconds: float = eqx.field(static=True)
+
+
+def _post_step(x, delta0, spec, setup, conc, X1_raw, cluster_ids, n_clusters, se_type, W_type, step, config):
+    """Statistics of a step at its estimate x (jitted once per problem)."""
+    P = spec.P
+    theta = spec.unpack(x)
+    q, ev = objective(theta, setup, conc, delta0, config)
+    beta = conc.B @ ev.g_delta
+    xi = structural_errors(ev.delta, setup, beta)
+    fe = jnp.where(setup.mask, ev.delta - X1_raw @ beta - xi, 0.0)
+    moments = conc.C @ ev.g_delta
+
+    def g_delta_of(x_):
+        fp = solve_deltas(spec.unpack(x_), setup, ev.delta, config)
+        return instrument_moments(setup.Z, fp.x, setup.mask, setup.N)
+
+    def q_of(x_):
+        return objective(spec.unpack(x_), setup, conc, ev.delta, config)[0]
+
+    if P:
+        G_theta = jax.jacfwd(g_delta_of)(x)
+        gradient = jax.grad(q_of)(x)
+        hessian = jax.hessian(q_of)(x)
+    else:
+        G_theta = jnp.zeros((setup.Z.shape[-1], 0))
+        gradient = jnp.zeros(0)
+        hessian = jnp.zeros((0, 0))
+    G = jnp.concatenate([G_theta, -setup.ZX], axis=1)
+    S_w = moment_covariances(xi, setup.Z, setup.mask, setup.N, W_type, cluster_ids, n_clusters)
+    updated_W = symmetric_inverse(S_w)
+    S = S_w if se_type == W_type else moment_covariances(xi, setup.Z, setup.mask, setup.N, se_type, cluster_ids, n_clusters)
+    W_cov = conc.W
+    if se_type == "unadjusted" and step == 1:
+        W_cov = symmetric_inverse(S)
+    cov = parameter_covariances(G, W_cov, S, robust=se_type != "unadjusted")
+    se = jnp.sqrt(jnp.diag(cov) / setup.N)
+    return dict(
+        objective=q, beta=beta, delta=ev.delta, xi=xi, fe=fe, moments=moments, G=G, cov=cov, se=se,
+        updated_W=updated_W, gradient=gradient, hessian=hessian, evaluations=ev.evaluations, status=ev.status,
+    )
+
+
+def estimate(
+    spec: ParameterSpec,
+    setup: Setup,
+    products: Products,
+    *,
+    W: Array,
+    steps: int,
+    se_type: str,
+    W_type: str,
+    optimizer: ScipyOptimizer | OptaxOptimizer,
+    config: ContractionConfig,
+    delta0: Array,
+    x0: np.ndarray | None = None,
+) -> list[StepResult]:
+    """Run ``steps`` GMM steps from ``x0`` (default: the starting values in ``spec``)."""
+    if se_type not in SE_TYPES or W_type not in SE_TYPES:
+        raise BLPSpecificationError(f"se_type and W_type must be one of {SE_TYPES}.")
+    x = np.asarray(spec.x0 if x0 is None else x0, np.float64)
+
+    # data travel as arguments (not closure constants) so they are not baked into the program
+    def value(x_, d0, conc, su):
+        return objective(spec.unpack(x_), su, conc, d0, config)
+
+    @jax.jit
+    def value_and_grad(x_, d0, conc, su):
+        (q, ev), g = jax.value_and_grad(value, has_aux=True)(x_, d0, conc, su)
+        return q, g, ev
+
+    post = jax.jit(_post_step, static_argnums=(2, 8, 9, 10, 11))
+    results: list[StepResult] = []
+    for step in range(1, steps + 1):
+        t0 = time.perf_counter()
+        conc = Concentration.build(setup.ZX, W, setup.N)
+        if spec.P:
+            if isinstance(optimizer, ScipyOptimizer):
+                res = scipy_minimize(
+                    lambda x_, d0: value_and_grad(x_, d0, conc, setup), x, delta0, spec.lower, spec.upper, optimizer
+                )
+                x_hat, delta_hat = res.x, res.delta
+                info = (res.success, res.iterations, res.evaluations, res.message)
+            else:
+                run = jax.jit(
+                    lambda x_, d0, c, su: optax_minimize(
+                        lambda y, d: value_and_grad(y, d, c, su),
+                        lambda y, d: value(y, d, c, su)[0],
+                        x_, d0, spec.lower, spec.upper, optimizer,
+                    )
+                )
+                res = run(jnp.asarray(x), delta0, conc, setup)
+                x_hat, delta_hat = np.asarray(res.x), res.delta
+                info = (bool(res.success), int(res.iterations), int(res.evaluations), "optax")
+        else:
+            x_hat, delta_hat = x, delta0
+            info = (True, 0, 1, "no nonlinear parameters: closed form")
+        out = post(
+            jnp.asarray(x_hat), delta_hat, spec, setup, conc, products.X1, products.cluster_ids,
+            products.n_clusters, se_type, W_type, step, config,
+        )
+        out = jax.tree_util.tree_map(lambda a: a.block_until_ready(), out)
+        results.append(
+            StepResult(
+                step, jnp.asarray(x_hat), out["beta"], out["objective"], out["gradient"], out["hessian"],
+                out["delta"], out["xi"], out["fe"], W, out["updated_W"], out["moments"], out["G"], out["cov"],
+                out["se"], out["evaluations"], out["status"], info[0], info[1], info[2], info[3],
+                time.perf_counter() - t0,
+            )
+        )
+        W = out["updated_W"]
+        x = np.asarray(x_hat)
+        delta0 = out["delta"]
+    return results

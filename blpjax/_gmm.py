@@ -1,0 +1,85 @@
+"""Linear IV-GMM pieces shared by every model: concentrated β, weighting matrices, covariances.
+
+Notation follows PyBLP. With N products, absorbed instruments Z̃ and regressors X̃ (fixed effects
+removed), mean moments ḡ = Z̃'ξ/N and objective q = N ḡ'Wḡ. β is concentrated out:
+β(δ) = (X̃'Z̃WZ̃'X̃)⁻¹X̃'Z̃WZ̃'δ, so ḡ = C Z̃'δ/N with C = I − (Z̃'X̃/N)B and q = (Z̃'δ/N)' Q (Z̃'δ/N),
+Q = N C'WC, all precomputed once per weighting matrix.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+SE_TYPES = ("robust", "unadjusted", "clustered")
+
+
+def symmetric_inverse(A: Float[Array, "M M"]) -> Float[Array, "M M"]:
+    inv = jnp.linalg.inv(A)
+    return (inv + inv.T) / 2
+
+
+class Concentration(eqx.Module):
+    """Precomputed maps for one weighting matrix W."""
+
+    W: Float[Array, "M M"]
+    B: Float[Array, "K1 M"]  # β = B ḡ_δ with ḡ_δ = Z̃'δ/N
+    C: Float[Array, "M M"]  # ḡ = C ḡ_δ
+    Q: Float[Array, "M M"]  # q = ḡ_δ' Q ḡ_δ
+
+    @classmethod
+    def build(cls, ZX: Float[Array, "M K1"], W: Float[Array, "M M"], N: int) -> Concentration:
+        K1 = ZX.shape[1]
+        if K1:
+            B = jnp.linalg.solve(ZX.T @ W @ ZX, ZX.T @ W)
+            C = jnp.eye(W.shape[0]) - ZX @ B
+        else:
+            B = jnp.zeros((0, W.shape[0]))
+            C = jnp.eye(W.shape[0])
+        Q = N * C.T @ W @ C
+        return cls(W, B, C, (Q + Q.T) / 2)
+
+
+def instrument_moments(Z: Float[Array, "T J M"], v: Float[Array, "T J"], mask: Bool[Array, "T J"], N: int):
+    """Z̃'v / N over real products."""
+    return jnp.einsum("tjm,tj->m", Z, jnp.where(mask, v, 0.0)) / N
+
+
+def moment_covariances(
+    xi: Float[Array, "T J"],
+    Z: Float[Array, "T J M"],
+    mask: Bool[Array, "T J"],
+    N: int,
+    se_type: str,
+    cluster_ids: Int[Array, "T J"] | None = None,
+    n_clusters: int = 0,
+    center: bool = True,
+) -> Float[Array, "M M"]:
+    """S, the covariance of the product moments z_j ξ_j (PyBLP's conventions)."""
+    w = mask.astype(xi.dtype)
+    xi = xi * w
+    M = Z.shape[-1]
+    Zf = Z.reshape(-1, M) * w.reshape(-1, 1)
+    if se_type == "unadjusted":
+        mean = jnp.sum(xi) / N
+        var = jnp.sum(w * (xi - mean) ** 2) / N
+        S = var * Zf.T @ Zf / N
+    else:
+        g = Zf * xi.reshape(-1, 1)
+        if center:
+            g = (g - jnp.sum(g, axis=0) / N) * w.reshape(-1, 1)
+        if se_type == "clustered":
+            g = jax.ops.segment_sum(g, cluster_ids.reshape(-1), num_segments=n_clusters)
+        S = g.T @ g / N
+    return (S + S.T) / 2
+
+
+def parameter_covariances(
+    G: Float[Array, "M P"], W: Float[Array, "M M"], S: Float[Array, "M M"], robust: bool
+) -> Float[Array, "P P"]:
+    """(G'WG)⁻¹ G'WSWG (G'WG)⁻¹, or (G'WG)⁻¹ when not robust (PyBLP's formula, before /N)."""
+    bread = symmetric_inverse(G.T @ W @ G)
+    cov = bread @ G.T @ W @ S @ W @ G @ bread if robust else bread
+    return (cov + cov.T) / 2

@@ -1,0 +1,157 @@
+"""Mean utilities δ(θ) for one market: contraction forward, implicit function theorem backward.
+
+:func:`solve_delta` runs the accelerated contraction (:mod:`._contraction`) in its primal and
+carries a JVP rule from the implicit function theorem on F(δ, θ) = log s(δ, θ) − log S = 0:
+
+    dδ = −(∂F/∂δ)⁻¹ (∂F/∂θ dθ),
+
+one J×J LU factorisation per market (never a solve over all markets' δ). Because it is a JVP
+rule, ``jax.jvp``/``jax.jacfwd`` use it directly and ``jax.grad``/``jax.jacrev`` transpose it
+(one transposed solve and one VJP of the log shares per market). Tangents of data (X2, nodes,
+demographics, shares) are honoured too; symbolic zeros are skipped, so differentiating with
+respect to θ alone costs nothing for the data.
+
+:func:`solve_delta_unrolled` differentiates through a fixed number of plain contraction steps
+instead; it exists to test the implicit rule.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jax.custom_derivatives import SymbolicZero
+from jaxtyping import Array, Bool, Float, Int
+
+from ._contraction import ContractionConfig, FixedPoint, fixed_point
+from ._shares import FactoredMarket, log_probabilities, log_shares, mu
+
+
+class Theta(eqx.Module):
+    """Nonlinear parameters in matrix form: Σ (K2×K2, lower triangular), Π (K2×D), ρ (H,)."""
+
+    sigma: Float[Array, "K2 K2"]
+    pi: Float[Array, "K2 D"]
+    rho: Float[Array, " H"]
+
+    @property
+    def nested(self) -> bool:
+        return self.rho.shape[0] > 0
+
+
+class Market(eqx.Module):
+    """One market's data for the share inversion (fields gain a leading T axis when batched)."""
+
+    X2: Float[Array, "J K2"]
+    nodes: Float[Array, "I K2"]
+    demographics: Float[Array, "I D"]
+    weights: Float[Array, " I"]
+    log_shares: Float[Array, " J"]
+    mask: Bool[Array, " J"]
+    nest_ids: Int[Array, " J"]
+
+
+def market_mu(theta: Theta, market: Market) -> Float[Array, "I J"]:
+    return mu(market.X2, theta.sigma, theta.pi, market.nodes, market.demographics)
+
+
+def market_log_shares(delta, theta: Theta, market: Market):
+    """log s(δ, θ) of one market, in log space (all models)."""
+    rho = theta.rho if theta.nested else None
+    return log_shares(delta, market_mu(theta, market), market.weights, market.mask, market.nest_ids, rho)
+
+
+def contraction_map(theta: Theta, market: Market):
+    """The map δ ↦ δ + (1 − ρ)(log S − log s(δ)) with θ-only work (exp(μ)) hoisted out."""
+    mask, log_S = market.mask, market.log_shares
+    if theta.nested:
+        damp = 1.0 - theta.rho[market.nest_ids]
+
+        def g(delta):
+            new = delta + damp * (log_S - market_log_shares(delta, theta, market))
+            return jnp.where(mask, new, delta)
+
+        return g
+    fm = FactoredMarket.build(market_mu(theta, market), market.weights, mask)
+
+    def g(delta):
+        c, log_inner = fm.log_shares_shifted(delta)
+        return jnp.where(mask, log_S + c - log_inner, delta)
+
+    return g
+
+
+def _residual_jacobian(delta, theta: Theta, market: Market) -> Float[Array, "J J"]:
+    """∂ log s/∂δ at δ, with identity rows/columns on padded products."""
+    mask = market.mask
+    if theta.nested:
+        A = jax.jacfwd(lambda d: market_log_shares(d, theta, market))(delta)
+    else:
+        P = jnp.exp(log_probabilities(delta, market_mu(theta, market), mask))  # (I, J)
+        s = market.weights @ P
+        A = jnp.eye(delta.shape[0]) - (P.T * market.weights[None, :]) @ P / jnp.where(mask, s, 1.0)[:, None]
+    both = mask[:, None] & mask[None, :]
+    return jnp.where(both, A, jnp.eye(delta.shape[0]))
+
+
+@eqx.filter_custom_jvp
+def _solve(theta: Theta, market: Market, delta0: Array, config: ContractionConfig) -> FixedPoint:
+    return fixed_point(contraction_map(theta, market), delta0, market.mask, config)
+
+
+def _is_zero(t):
+    return t is None or isinstance(t, SymbolicZero)
+
+
+@_solve.def_jvp
+def _solve_jvp(primals, tangents):
+    theta, market, delta0, config = primals
+    t_theta, t_market = tangents[0], tangents[1]
+    out = _solve(theta, market, delta0, config)
+    delta = out.x
+
+    leaves, treedef = jax.tree_util.tree_flatten((theta, market))
+    t_leaves = jax.tree_util.tree_leaves((t_theta, t_market), is_leaf=_is_zero)
+    # eqx.filter_custom_jvp gives None for non-differentiated leaves
+    active = [
+        i
+        for i, t in enumerate(t_leaves)
+        if not _is_zero(t) and jnp.issubdtype(jnp.result_type(leaves[i]), jnp.inexact)
+    ]
+    if not active:
+        t_delta = jnp.zeros_like(delta)
+    else:
+
+        def F(*xs):
+            full = list(leaves)
+            for i, x in zip(active, xs, strict=True):
+                full[i] = x
+            th, mk = jax.tree_util.tree_unflatten(treedef, full)
+            return market_log_shares(delta, th, mk) - mk.log_shares
+
+        _, b = jax.jvp(F, [leaves[i] for i in active], [t_leaves[i] for i in active])
+        b = jnp.where(market.mask, b, 0.0)
+        lu = jsl.lu_factor(_residual_jacobian(delta, theta, market))
+        t_delta = -jsl.lu_solve(lu, b)
+    t_out = FixedPoint(t_delta, None, None)  # type: ignore[arg-type]
+    return out, t_out
+
+
+def solve_delta(theta: Theta, market: Market, delta0: Array, config: ContractionConfig) -> FixedPoint:
+    """δ(θ) for one market with an implicit-function-theorem derivative.
+
+    ``delta0`` is a warm start only: it carries no derivative.
+    """
+    return _solve(theta, market, jax.lax.stop_gradient(delta0), config)
+
+
+def solve_delta_unrolled(theta: Theta, market: Market, delta0: Array, steps: int) -> Array:
+    """δ after ``steps`` plain contraction steps, differentiated by unrolling (for tests)."""
+    mask, log_S = market.mask, market.log_shares
+    damp = 1.0 - theta.rho[market.nest_ids] if theta.nested else 1.0
+
+    def body(_, d):
+        return jnp.where(mask, d + damp * (log_S - market_log_shares(d, theta, market)), d)
+
+    return jax.lax.fori_loop(0, steps, body, jnp.where(mask, delta0, 0.0))

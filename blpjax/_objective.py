@@ -1,0 +1,98 @@
+"""The GMM objective q(θ) as a pure function, and the θ-independent set-up it reads.
+
+Everything that does not depend on θ (absorbed instruments and regressors, Z̃'X̃, the
+concentration maps of a weighting matrix) is computed once in :class:`Setup` /
+:class:`._gmm.Concentration`; an objective evaluation is: δ(θ) per market (closed form or
+contraction with an implicit derivative), ḡ_δ = Z̃'δ/N, q = ḡ_δ'Qḡ_δ.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from ._absorb import absorb
+from ._contraction import ContractionConfig, FixedPoint
+from ._gmm import Concentration, instrument_moments
+from ._implicit import Market, Theta, solve_delta
+from ._logit import logit_delta
+from ._markets import Agents, Products
+
+
+class Setup(eqx.Module):
+    """θ-independent arrays of one estimation problem (fixed effects already absorbed)."""
+
+    market: Market  # batched over T
+    shares: Float[Array, "T J"]
+    mask: Bool[Array, "T J"]
+    Z: Float[Array, "T J M"]  # absorbed instruments, 0 on padding
+    X1: Float[Array, "T J K1"]  # absorbed linear characteristics, 0 on padding
+    ZX: Float[Array, "M K1"]  # Z̃'X̃/N
+    fe_ids: Int[Array, "T J F"]
+    N: int = eqx.field(static=True)
+    K2: int = eqx.field(static=True)
+    fe_sizes: tuple[int, ...] = eqx.field(static=True)
+
+    @classmethod
+    def build(cls, products: Products, agents: Agents) -> Setup:
+        mask = products.mask
+        T, J = mask.shape
+        log_S = jnp.where(mask, jnp.log(jnp.where(mask, products.shares, 1.0)), 0.0)
+        market = Market(
+            products.X2, agents.nodes, agents.demographics, agents.weights, log_S, mask, products.nest_ids
+        )
+        Z = absorb_columns(products.Z, products.fe_ids, mask, products.fe_sizes)
+        X1 = absorb_columns(products.X1, products.fe_ids, mask, products.fe_sizes)
+        N = products.n_products
+        ZX = jnp.einsum("tjm,tjk->mk", Z, X1) / N
+        return cls(
+            market, products.shares, mask, Z, X1, ZX, products.fe_ids, N, products.X2.shape[-1],
+            products.fe_sizes,
+        )
+
+
+def absorb_columns(values, fe_ids, mask, sizes):
+    """Absorb fixed effects from (T, J, K) arrays (identity when nothing is absorbed)."""
+    T, J, K = values.shape
+    values = jnp.where(mask[..., None], values, 0.0)
+    if not sizes or K == 0:
+        return values
+    r, _, _ = absorb(values.reshape(T * J, K), fe_ids.reshape(T * J, -1), mask.reshape(-1), sizes)
+    return r.reshape(T, J, K)
+
+
+def solve_deltas(theta: Theta, setup: Setup, delta0: Float[Array, "T J"], config: ContractionConfig) -> FixedPoint:
+    """δ(θ) in every market: closed form without random coefficients, contraction otherwise."""
+    if setup.K2 == 0:
+        rho = theta.rho if theta.nested else None
+        delta = jax.vmap(logit_delta, in_axes=(0, 0, 0, None))(setup.shares, setup.mask, setup.market.nest_ids, rho)
+        zeros = jnp.zeros(delta.shape[0], jnp.int32)
+        return FixedPoint(delta, zeros, zeros)
+    return jax.vmap(solve_delta, in_axes=(None, 0, 0, None))(theta, setup.market, delta0, config)
+
+
+class Evaluation(eqx.Module):
+    """Auxiliary output of one objective evaluation."""
+
+    delta: Float[Array, "T J"]
+    evaluations: Int[Array, " T"]
+    status: Int[Array, " T"]
+    g_delta: Float[Array, " M"]
+
+
+def objective(
+    theta: Theta, setup: Setup, conc: Concentration, delta0: Float[Array, "T J"], config: ContractionConfig
+) -> tuple[Array, Evaluation]:
+    """q(θ) = N ḡ'Wḡ with β concentrated out, and the evaluation's by-products."""
+    fp = solve_deltas(theta, setup, delta0, config)
+    g_delta = instrument_moments(setup.Z, fp.x, setup.mask, setup.N)
+    q = g_delta @ conc.Q @ g_delta
+    return q, Evaluation(fp.x, fp.evaluations, fp.status, g_delta)
+
+
+def structural_errors(delta, setup: Setup, beta) -> Float[Array, "T J"]:
+    """ξ = M_D δ − X̃β (fixed effects absorbed), 0 on padding."""
+    delta_t = absorb_columns(delta[..., None], setup.fe_ids, setup.mask, setup.fe_sizes)[..., 0]
+    return jnp.where(setup.mask, delta_t - setup.X1 @ beta, 0.0)

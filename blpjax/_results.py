@@ -1,0 +1,298 @@
+"""Estimation results and post-estimation as tidy, labelled DataFrames (pandas front)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ._errors import BLPSpecificationError, Status
+from ._post import (
+    Characteristic,
+    consumer_surplus,
+    counterfactual_shares,
+    diversion_ratios,
+    elasticities,
+    market_shares,
+)
+
+if TYPE_CHECKING:
+    from ._contraction import ContractionConfig
+    from ._estimate import StepResult
+    from ._params import ParameterSpec
+    from ._problem import Problem
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _vmapped(fn, x, delta, theta, market, ch):
+    return jax.vmap(fn, in_axes=(0, 0, None, 0, None))(x, delta, theta, market, ch)
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _vmapped_cf(fn, x_new, x, delta, theta, market, ch):
+    return jax.vmap(fn, in_axes=(0, 0, 0, None, 0, None))(x_new, x, delta, theta, market, ch)
+
+
+class Results:
+    """What :meth:`Problem.solve` returns: estimates, inference and post-estimation.
+
+    Attributes:
+        steps: one :class:`StepResult` per GMM step (``final`` is the last).
+        objective: q = N ḡ'Wḡ at the estimate.
+    """
+
+    def __init__(self, problem: Problem, spec: ParameterSpec, steps: list[StepResult], config: ContractionConfig):
+        self.problem, self.spec, self.steps, self.config = problem, spec, steps, config
+        self.final = steps[-1]
+        self.theta = spec.unpack(self.final.theta)
+
+    # --- estimates -------------------------------------------------------------------------
+    @property
+    def objective(self) -> float:
+        return float(self.final.objective)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.spec.labels) + [f"beta[{n}]" for n in self.problem.linear]
+
+    @property
+    def beta(self) -> pd.Series:
+        return pd.Series(np.asarray(self.final.beta), index=list(self.problem.linear), name="beta")
+
+    @property
+    def beta_se(self) -> pd.Series:
+        return pd.Series(np.asarray(self.final.se[self.spec.P :]), index=list(self.problem.linear), name="beta_se")
+
+    @property
+    def sigma(self) -> np.ndarray:
+        return np.asarray(self.theta.sigma)
+
+    @property
+    def pi(self) -> np.ndarray:
+        return np.asarray(self.theta.pi)
+
+    @property
+    def rho(self) -> np.ndarray:
+        return np.asarray(self.theta.rho)
+
+    def _theta_matrix(self, kind: str, se: bool) -> np.ndarray:
+        shape = {"sigma": self.spec.sigma0.shape, "pi": self.spec.pi0.shape}[kind]
+        out = np.zeros(shape) if se else np.asarray(getattr(self.theta, kind))
+        if se:
+            positions = self.spec.sigma_free if kind == "sigma" else self.spec.pi_free
+            offset = 0 if kind == "sigma" else len(self.spec.sigma_free)
+            for k, (r, c) in enumerate(positions):
+                out[r, c] = float(self.final.se[offset + k])
+        return out
+
+    @property
+    def sigma_se(self) -> np.ndarray:
+        return self._theta_matrix("sigma", True)
+
+    @property
+    def pi_se(self) -> np.ndarray:
+        return self._theta_matrix("pi", True)
+
+    @property
+    def rho_se(self) -> np.ndarray:
+        start = len(self.spec.sigma_free) + len(self.spec.pi_free)
+        return np.asarray(self.final.se[start : self.spec.P])
+
+    @property
+    def parameters(self) -> pd.DataFrame:
+        """Tidy table of every estimated parameter: estimate and standard error."""
+        est = np.r_[np.asarray(self.final.theta), np.asarray(self.final.beta)]
+        return pd.DataFrame({"estimate": est, "se": np.asarray(self.final.se)}, index=pd.Index(self.labels, name="parameter"))
+
+    @property
+    def covariances(self) -> pd.DataFrame:
+        cov = np.asarray(self.final.covariances) / self.problem.N
+        return pd.DataFrame(cov, index=self.labels, columns=self.labels)
+
+    def _flat(self, values) -> np.ndarray:
+        return self.problem.index.flat(values)
+
+    @property
+    def delta(self) -> np.ndarray:
+        """Mean utilities, one per product in product_data's row order."""
+        return self._flat(self.final.delta)
+
+    @property
+    def xi(self) -> np.ndarray:
+        """Structural errors ξ (fixed effects absorbed), in product_data's row order."""
+        return self._flat(self.final.xi)
+
+    @property
+    def fixed_effects(self) -> np.ndarray:
+        """The recovered absorbed fixed effects (their sum per product), in row order."""
+        return self._flat(self.final.fixed_effects)
+
+    @property
+    def gradient(self) -> np.ndarray:
+        return np.asarray(self.final.gradient)
+
+    @property
+    def hessian(self) -> np.ndarray:
+        return np.asarray(self.final.hessian)
+
+    @property
+    def hessian_eigenvalues(self) -> np.ndarray:
+        return np.linalg.eigvalsh(self.hessian) if self.spec.P else np.zeros(0)
+
+    @property
+    def W(self) -> np.ndarray:
+        return np.asarray(self.final.W)
+
+    @property
+    def updated_W(self) -> np.ndarray:
+        return np.asarray(self.final.updated_W)
+
+    @property
+    def converged(self) -> bool:
+        """Every market's share inversion converged and the optimiser reported success."""
+        return bool(np.all(np.asarray(self.final.status) == 0)) and self.final.optimizer_success
+
+    @property
+    def contraction_summary(self) -> dict:
+        ev = np.asarray(self.final.evaluations)
+        status = np.asarray(self.final.status)
+        failed = {self.problem.index.market_ids[t]: Status(int(s)).explain() for t, s in enumerate(status) if s}
+        return {"mean_evaluations": float(ev.mean()), "max_evaluations": int(ev.max()), "failed_markets": failed}
+
+    def summary(self) -> str:
+        f = self.final
+        lines = [
+            f"blpjax results: {len(self.steps)}-step GMM, N={self.problem.N}, T={self.problem.T}",
+            f"objective {self.objective:.10g}  |  optimizer: {f.optimizer_message} ({f.optimizer_iterations} iterations, "
+            f"{f.objective_evaluations} evaluations)  |  converged: {self.converged}",
+        ]
+        if self.spec.P:
+            lines.append(f"max |gradient| {np.max(np.abs(self.gradient)):.3g}  Hessian eigenvalues {np.array2string(self.hessian_eigenvalues, precision=4)}")
+        lines.append(self.parameters.to_string(float_format=lambda v: f"{v: .6g}"))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    # --- post-estimation -------------------------------------------------------------------
+    def _characteristic(self, name: str) -> tuple[jnp.ndarray, Characteristic]:
+        p = self.problem
+        if name not in p.linear and name not in p.nonlinear:
+            raise BLPSpecificationError(f"'{name}' is not a characteristic of X1 {p.linear} or X2 {p.nonlinear}.")
+        beta = self.final.beta[p.linear.index(name)] if name in p.linear else jnp.asarray(0.0)
+        col = p.nonlinear.index(name) if name in p.nonlinear else -1
+        x = p.products.X1[..., p.linear.index(name)] if name in p.linear else p.products.X2[..., col]
+        return x, Characteristic(beta, col)
+
+    def _market_rows(self, market) -> int:
+        ids = list(self.problem.index.market_ids)
+        if market not in ids:
+            raise BLPSpecificationError(f"unknown market {market!r}.")
+        return ids.index(market)
+
+    def _stacked(self, arr) -> np.ndarray:
+        """(T, J, J) → PyBLP's stacked layout: one row per product (row order), J columns."""
+        return self._flat(np.asarray(arr))
+
+    def _long(self, arr, value_name: str) -> pd.DataFrame:
+        idx = self.problem.index
+        arr = np.asarray(arr)
+        recs = []
+        for t, m in enumerate(idx.market_ids):
+            js = np.flatnonzero(idx.rows[t] >= 0)
+            for j in js:
+                for k in js:
+                    recs.append((m, idx.product_ids[t, j], idx.product_ids[t, k], arr[t, j, k]))
+        return pd.DataFrame(recs, columns=["market_ids", "product_ids", "other_product_ids", value_name])
+
+    def compute_elasticities(self, name: str = "prices", layout: str = "long"):
+        """∂log s_j/∂log x_k for every market.
+
+        Args:
+            name: the characteristic (default prices).
+            layout: ``"long"`` (tidy DataFrame), ``"stacked"`` (PyBLP's N × J_max array in row
+                order) or ``"padded"`` (T × J × J array).
+        """
+        x, ch = self._characteristic(name)
+        E = _vmapped(elasticities, x, self.final.delta, self.theta, self.problem.setup.market, ch)
+        return self._layout(E, layout, "elasticity")
+
+    def compute_diversion_ratios(self, name: str = "prices", layout: str = "long"):
+        """Diversion from j to k when x_j rises; the diagonal is diversion to the outside good."""
+        x, ch = self._characteristic(name)
+        D = _vmapped(diversion_ratios, x, self.final.delta, self.theta, self.problem.setup.market, ch)
+        return self._layout(D, layout, "diversion")
+
+    def _layout(self, arr, layout, value_name):
+        if layout == "padded":
+            return np.asarray(arr)
+        if layout == "stacked":
+            return self._stacked(arr)
+        if layout == "long":
+            return self._long(arr, value_name)
+        raise BLPSpecificationError("layout must be 'long', 'stacked' or 'padded'.")
+
+    def elasticity_matrix(self, market, name: str = "prices") -> pd.DataFrame:
+        """The J×J elasticity matrix of one market, labelled by product ids."""
+        t = self._market_rows(market)
+        E = self.compute_elasticities(name, layout="padded")[t]
+        js = np.flatnonzero(self.problem.index.rows[t] >= 0)
+        labels = list(self.problem.index.product_ids[t, js])
+        return pd.DataFrame(E[np.ix_(js, js)], index=pd.Index(labels, name="product"), columns=labels)
+
+    def compute_shares(self, name: str = "prices", values=None) -> np.ndarray:
+        """Shares with ``name`` set to ``values`` (row order; default unchanged), ξ held fixed."""
+        x, ch = self._characteristic(name)
+        x_new = x if values is None else self._padded(values)
+        s = _vmapped_cf(counterfactual_shares, x_new, x, self.final.delta, self.theta, self.problem.setup.market, ch)
+        return self._flat(s)
+
+    def _padded(self, values) -> jnp.ndarray:
+        rows = self.problem.index.rows
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape != (self.problem.N,):
+            raise BLPSpecificationError(f"values must have one entry per product row ({self.problem.N}).")
+        out = np.zeros(rows.shape)
+        mask = rows >= 0
+        out[mask] = values[rows[mask]]
+        return jnp.asarray(out)
+
+    def counterfactual(self, values, name: str = "prices") -> pd.DataFrame:
+        """A tidy table of shares before/after setting ``name`` to ``values`` (row order)."""
+        idx = self.problem.index
+        before = self.compute_shares(name)
+        after = self.compute_shares(name, values)
+        t = np.empty(self.problem.N, dtype=int)
+        j = np.empty(self.problem.N, dtype=int)
+        tt, jj = np.nonzero(idx.rows >= 0)
+        t[idx.rows[tt, jj]], j[idx.rows[tt, jj]] = tt, jj
+        df = pd.DataFrame(
+            {
+                "market_ids": idx.market_ids[t],
+                "product_ids": idx.product_ids[t, j],
+                "shares": before,
+                "new_shares": after,
+            }
+        )
+        df["pct_change"] = 100 * (df["new_shares"] / df["shares"] - 1)
+        return df
+
+    def compute_consumer_surplus(self, prices=None) -> pd.Series:
+        """Per-capita consumer surplus per market (at new prices if given, ξ fixed)."""
+        x, ch = self._characteristic("prices")
+        delta = self.final.delta
+        market = self.problem.setup.market
+        if prices is not None:
+            x_new = self._padded(prices)
+            delta = delta + ch.beta * (x_new - x)
+            if ch.x2_column >= 0:
+                market = market.__class__(
+                    market.X2.at[..., ch.x2_column].set(x_new), market.nodes, market.demographics, market.weights,
+                    market.log_shares, market.mask, market.nest_ids,
+                )
+        cs = jax.jit(jax.vmap(consumer_surplus, in_axes=(0, 0, None, 0, None)))(x, delta, self.theta, market, ch)
+        return pd.Series(np.asarray(cs), index=pd.Index(self.problem.index.market_ids, name="market_ids"), name="consumer_surplus")

@@ -1,0 +1,141 @@
+"""Choice probabilities and market shares for one market (logit, nested logit, BLP, RCNL).
+
+Utility u_ij = δ_j + μ_ij + ε_ij with μ_ij = Σ_k x_jk (Σν_i + Πd_i)_k. Plain and nested logit are
+the special case of one agent with μ = 0. Everything here is written for a single market and is
+batched with ``jax.vmap``; padded products (``mask == False``) get exactly zero probability and
+padded agents carry zero weight.
+
+Two evaluations of the same maths live here:
+- :func:`log_probabilities`, log-space and overflow-safe for every model (the reference, used
+  for derivatives and post-estimation), and
+- :class:`FactoredMarket`, for models without nesting: exp(μ) is computed once per parameter
+  vector, so each contraction step costs two matrix-vector products and J exponentials.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+NEG_INF = -jnp.inf
+
+
+def random_coefficients(
+    sigma: Float[Array, "K2 K2"],
+    pi: Float[Array, "K2 D"],
+    nodes: Float[Array, "I K2"],
+    demographics: Float[Array, "I D"],
+) -> Float[Array, "I K2"]:
+    """Agent-specific deviations from mean tastes, Σν_i + Πd_i, one row per agent."""
+    return nodes @ sigma.T + demographics @ pi.T
+
+
+def mu(
+    X2: Float[Array, "J K2"],
+    sigma: Float[Array, "K2 K2"],
+    pi: Float[Array, "K2 D"],
+    nodes: Float[Array, "I K2"],
+    demographics: Float[Array, "I D"],
+) -> Float[Array, "I J"]:
+    """Agent-specific utility μ_ij = x_j'(Σν_i + Πd_i)."""
+    return random_coefficients(sigma, pi, nodes, demographics) @ X2.T
+
+
+def log_probabilities(
+    delta: Float[Array, " J"],
+    mu_: Float[Array, "I J"],
+    mask: Bool[Array, " J"],
+    nest_ids: Int[Array, " J"] | None = None,
+    rho: Float[Array, " H"] | None = None,
+) -> Float[Array, "I J"]:
+    """log P_ij, overflow safe, with the outside good's utility normalised to zero.
+
+    With ``nest_ids``/``rho`` the model is (random-coefficients) nested logit: products in nest h
+    share the correlation ρ_h; the outside good is alone in its own nest.
+    """
+    return choice(delta, mu_, mask, nest_ids, rho)[0]
+
+
+def choice(delta, mu_, mask, nest_ids=None, rho=None) -> tuple[Float[Array, "I J"], Float[Array, " I"]]:
+    """(log P_ij, log(1 + Σ_h exp(IV_ih))): probabilities and each agent's expected max utility."""
+    u = jnp.where(mask[None, :], delta[None, :] + mu_, NEG_INF)
+    if rho is None or nest_ids is None:
+        lse = jnp.logaddexp(0.0, jax.nn.logsumexp(u, axis=1))
+        return u - lse[:, None], lse
+    H = rho.shape[0]
+    scale = 1.0 - rho[nest_ids]  # (J,)
+    v = u / scale[None, :]
+    member = (nest_ids[:, None] == jnp.arange(H)[None, :]) & mask[:, None]  # (J, H)
+    # inclusive values IV_ih = log Σ_{j∈h} exp(v_ij)
+    nonempty = jnp.any(member, axis=0)  # (H,)
+    # empty nests (possible in padded markets) get a finite dummy so that gradients stay finite
+    v_in = jnp.where(member[None, :, :], v[:, :, None], NEG_INF)
+    iv = jax.nn.logsumexp(jnp.where(nonempty[None, None, :], v_in, 0.0), axis=1)  # (I, H)
+    nest_utility = jnp.where(nonempty[None, :], (1.0 - rho)[None, :] * iv, NEG_INF)
+    lse = jnp.logaddexp(0.0, jax.nn.logsumexp(nest_utility, axis=1))  # (I,)
+    log_p_nest = nest_utility - lse[:, None]
+    log_p = log_p_nest[:, nest_ids] + v - iv[:, nest_ids]
+    return jnp.where(mask[None, :], log_p, NEG_INF), lse
+
+
+def log_shares(
+    delta: Float[Array, " J"],
+    mu_: Float[Array, "I J"],
+    weights: Float[Array, " I"],
+    mask: Bool[Array, " J"],
+    nest_ids: Int[Array, " J"] | None = None,
+    rho: Float[Array, " H"] | None = None,
+) -> Float[Array, " J"]:
+    """log s_j = log Σ_i w_i P_ij (0 on padded products, so that it can be subtracted safely)."""
+    log_p = log_probabilities(delta, mu_, mask, nest_ids, rho)
+    # padded products get a finite dummy (their -inf would poison gradients); padded agents have
+    # zero weight. The sum is linear so that rules with negative weights (sparse grids) work.
+    ls = jnp.log(weights @ jnp.exp(jnp.where(mask[None, :], log_p, 0.0)))
+    return jnp.where(mask, ls, 0.0)
+
+
+def shares(delta, mu_, weights, mask, nest_ids=None, rho=None) -> Float[Array, " J"]:
+    """s_j = Σ_i w_i P_ij (exactly 0 on padded products)."""
+    return jnp.where(mask, jnp.exp(log_shares(delta, mu_, weights, mask, nest_ids, rho)), 0.0)
+
+
+class FactoredMarket(eqx.Module):
+    """exp(μ) of one market, computed once per θ, for fast non-nested share evaluations.
+
+    With m_i = max(0, max_j μ_ij) and c = max_j δ_j,
+    s_j = e^{δ_j-c} Σ_i w_i E_ij / (e^{-m_i-c} + Σ_k E_ik e^{δ_k-c}),  E_ij = e^{μ_ij-m_i},
+    in which no exponential can overflow.
+    """
+
+    E: Float[Array, "I J"]
+    m: Float[Array, " I"]
+    weights: Float[Array, " I"]
+    mask: Bool[Array, " J"]
+
+    @classmethod
+    def build(cls, mu_, weights, mask) -> FactoredMarket:
+        mu_ = jnp.where(mask[None, :], mu_, NEG_INF)
+        m = jnp.maximum(jnp.max(mu_, axis=1), 0.0)
+        return cls(jnp.exp(mu_ - m[:, None]), m, weights, mask)
+
+    def _terms(self, delta):
+        c = jnp.max(jnp.where(self.mask, delta, NEG_INF))
+        e = jnp.where(self.mask, jnp.exp(delta - c), 0.0)
+        denominators = jnp.exp(-self.m - c) + self.E @ e  # (I,)
+        return c, e, denominators
+
+    def log_shares_shifted(self, delta):
+        """Returns (c, log Σ_i w_i E_ij / den_i); log s_j is δ_j - c plus the second term."""
+        c, _, denominators = self._terms(delta)
+        inner = self.E.T @ (self.weights / denominators)
+        return c, jnp.log(jnp.maximum(inner, 1e-300))
+
+    def log_shares(self, delta):
+        c, log_inner = self.log_shares_shifted(delta)
+        return jnp.where(self.mask, delta - c + log_inner, 0.0)
+
+    def probabilities(self, delta) -> Float[Array, "I J"]:
+        _, e, denominators = self._terms(delta)
+        return self.E * e[None, :] / denominators[:, None]
