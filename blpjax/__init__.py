@@ -20,11 +20,27 @@ from ._optimize import OptaxOptimizer as OptaxOptimizer
 from ._optimize import ScipyOptimizer as ScipyOptimizer
 from ._problem import Problem as Problem
 from ._results import Results as Results
+from ._simulate import SimulationConfig as SimulationConfig
+from ._simulate import simulate as simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Agents", "BLPDataError", "BLPSpecificationError", "ContractionConfig", "Integration", "Market",
-    "OptaxOptimizer", "Problem", "Products", "Results", "ScipyOptimizer", "Status", "Theta",
-    "solve_delta", "solve_delta_unrolled",
+    "Agents",
+    "BLPDataError",
+    "BLPSpecificationError",
+    "ContractionConfig",
+    "Integration",
+    "Market",
+    "OptaxOptimizer",
+    "Problem",
+    "Products",
+    "Results",
+    "ScipyOptimizer",
+    "Status",
+    "Theta",
+    "SimulationConfig",
+    "simulate",
+    "solve_delta",
+    "solve_delta_unrolled",
 ]

@@ -57,9 +57,7 @@ def _columns_by_prefix(df: pd.DataFrame, prefix: str) -> list[str]:
 def _require(df: pd.DataFrame, columns, frame: str):
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise BLPDataError(
-            f"{frame} is missing column(s) {missing}. Available columns: {list(map(str, df.columns))}."
-        )
+        raise BLPDataError(f"{frame} is missing column(s) {missing}. Available columns: {list(map(str, df.columns))}.")
 
 
 def _numeric(df: pd.DataFrame, column: str, frame: str) -> np.ndarray:
@@ -120,7 +118,9 @@ def build_products(
     needed = ["market_ids", "shares"] + [c for c in (*x1, *x2) if c != CONSTANT] + list(absorb)
     _require(df, dict.fromkeys(needed), frame)
     if not x1 and not absorb:
-        raise BLPSpecificationError("the linear part X1 is empty: give at least one characteristic or absorb fixed effects.")
+        raise BLPSpecificationError(
+            "the linear part X1 is empty: give at least one characteristic or absorb fixed effects."
+        )
     if CONSTANT in x1 and absorb:
         raise BLPDataError(
             f"collinear regressors: the constant '1' in X1 is absorbed by the fixed effects {list(absorb)}. "
@@ -209,7 +209,9 @@ def build_products(
 
         def absorbed(A):
             P = _pad(A, t_codes, j_index, T, J)
-            out = absorb_columns(jnp.asarray(P), jnp.asarray(_pad(fe, t_codes, j_index, T, J)), jnp.asarray(mask), tuple(fe_sizes))
+            out = absorb_columns(
+                jnp.asarray(P), jnp.asarray(_pad(fe, t_codes, j_index, T, J)), jnp.asarray(mask), tuple(fe_sizes)
+            )
             return np.asarray(out)[mask]
 
         X1c, Zc = absorbed(X1), absorbed(Z)

@@ -9,6 +9,7 @@ the moments by ``jax.jacfwd`` (through the implicit δ(θ)), standard errors and
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import equinox as eqx
 import jax
@@ -18,7 +19,14 @@ from jaxtyping import Array, Float, Int
 
 from ._contraction import ContractionConfig
 from ._errors import BLPSpecificationError
-from ._gmm import SE_TYPES, Concentration, instrument_moments, moment_covariances, parameter_covariances, symmetric_inverse
+from ._gmm import (
+    SE_TYPES,
+    Concentration,
+    instrument_moments,
+    moment_covariances,
+    parameter_covariances,
+    symmetric_inverse,
+)
 from ._markets import Products
 from ._objective import Setup, objective, solve_deltas, structural_errors
 from ._optimize import OptaxOptimizer, ScipyOptimizer, optax_minimize, scipy_minimize
@@ -80,16 +88,60 @@ def _post_step(x, delta0, spec, setup, conc, X1_raw, cluster_ids, n_clusters, se
     G = jnp.concatenate([G_theta, -setup.ZX], axis=1)
     S_w = moment_covariances(xi, setup.Z, setup.mask, setup.N, W_type, cluster_ids, n_clusters)
     updated_W = symmetric_inverse(S_w)
-    S = S_w if se_type == W_type else moment_covariances(xi, setup.Z, setup.mask, setup.N, se_type, cluster_ids, n_clusters)
+    S = (
+        S_w
+        if se_type == W_type
+        else moment_covariances(xi, setup.Z, setup.mask, setup.N, se_type, cluster_ids, n_clusters)
+    )
     W_cov = conc.W
     if se_type == "unadjusted" and step == 1:
         W_cov = symmetric_inverse(S)
     cov = parameter_covariances(G, W_cov, S, robust=se_type != "unadjusted")
     se = jnp.sqrt(jnp.diag(cov) / setup.N)
     return dict(
-        objective=q, beta=beta, delta=ev.delta, xi=xi, fe=fe, moments=moments, G=G, cov=cov, se=se,
-        updated_W=updated_W, gradient=gradient, hessian=hessian, evaluations=ev.evaluations, status=ev.status,
+        objective=q,
+        beta=beta,
+        delta=ev.delta,
+        xi=xi,
+        fe=fe,
+        moments=moments,
+        G=G,
+        cov=cov,
+        se=se,
+        updated_W=updated_W,
+        gradient=gradient,
+        hessian=hessian,
+        evaluations=ev.evaluations,
+        status=ev.status,
     )
+
+
+# Module-level programs: compiled once per (parameter structure, configuration), reused across
+# solves; data travel as arguments (never baked into the program as constants).
+def _value(spec, config, x, d0, conc, setup):
+    return objective(spec.unpack(x), setup, conc, d0, config)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _value_and_grad(spec, config, x, d0, conc, setup):
+    (q, ev), g = jax.value_and_grad(_value, argnums=2, has_aux=True)(spec, config, x, d0, conc, setup)
+    return q, g, ev
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _optax_run(spec, config, optimizer, x, d0, conc, setup):
+    return optax_minimize(
+        lambda y, d: _value_and_grad(spec, config, y, d, conc, setup),
+        lambda y, d: _value(spec, config, y, d, conc, setup)[0],
+        x,
+        d0,
+        spec.lower,
+        spec.upper,
+        optimizer,
+    )
+
+
+_post = jax.jit(_post_step, static_argnums=(2, 7, 8, 9, 10, 11))
 
 
 def estimate(
@@ -111,16 +163,6 @@ def estimate(
         raise BLPSpecificationError(f"se_type and W_type must be one of {SE_TYPES}.")
     x = np.asarray(spec.x0 if x0 is None else x0, np.float64)
 
-    # data travel as arguments (not closure constants) so they are not baked into the program
-    def value(x_, d0, conc, su):
-        return objective(spec.unpack(x_), su, conc, d0, config)
-
-    @jax.jit
-    def value_and_grad(x_, d0, conc, su):
-        (q, ev), g = jax.value_and_grad(value, has_aux=True)(x_, d0, conc, su)
-        return q, g, ev
-
-    post = jax.jit(_post_step, static_argnums=(2, 8, 9, 10, 11))
     results: list[StepResult] = []
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
@@ -128,34 +170,62 @@ def estimate(
         if spec.P:
             if isinstance(optimizer, ScipyOptimizer):
                 res = scipy_minimize(
-                    lambda x_, d0: value_and_grad(x_, d0, conc, setup), x, delta0, spec.lower, spec.upper, optimizer
+                    lambda x_, d0: _value_and_grad(spec, config, x_, d0, conc, setup),
+                    x,
+                    delta0,
+                    spec.lower,
+                    spec.upper,
+                    optimizer,
                 )
-                x_hat, delta_hat = res.x, res.delta
+                x_hat = res.x
                 info = (res.success, res.iterations, res.evaluations, res.message)
             else:
-                run = jax.jit(
-                    lambda x_, d0, c, su: optax_minimize(
-                        lambda y, d: value_and_grad(y, d, c, su),
-                        lambda y, d: value(y, d, c, su)[0],
-                        x_, d0, spec.lower, spec.upper, optimizer,
-                    )
-                )
-                res = run(jnp.asarray(x), delta0, conc, setup)
-                x_hat, delta_hat = np.asarray(res.x), res.delta
+                res = _optax_run(spec, config, optimizer, jnp.asarray(x), delta0, conc, setup)
+                x_hat = np.asarray(res.x)
                 info = (bool(res.success), int(res.iterations), int(res.evaluations), "optax")
         else:
-            x_hat, delta_hat = x, delta0
+            x_hat = x
             info = (True, 0, 1, "no nonlinear parameters: closed form")
-        out = post(
-            jnp.asarray(x_hat), delta_hat, spec, setup, conc, products.X1, products.cluster_ids,
-            products.n_clusters, se_type, W_type, step, config,
+        # δ₀ of the step (not the optimiser's last δ), so the contraction statistics are those of a
+        # cold start at the estimate, comparable to PyBLP's
+        out = _post(
+            jnp.asarray(x_hat),
+            delta0,
+            spec,
+            setup,
+            conc,
+            products.X1,
+            products.cluster_ids,
+            products.n_clusters,
+            se_type,
+            W_type,
+            step,
+            config,
         )
         out = jax.tree_util.tree_map(lambda a: a.block_until_ready(), out)
         results.append(
             StepResult(
-                step, jnp.asarray(x_hat), out["beta"], out["objective"], out["gradient"], out["hessian"],
-                out["delta"], out["xi"], out["fe"], W, out["updated_W"], out["moments"], out["G"], out["cov"],
-                out["se"], out["evaluations"], out["status"], info[0], info[1], info[2], info[3],
+                step,
+                jnp.asarray(x_hat),
+                out["beta"],
+                out["objective"],
+                out["gradient"],
+                out["hessian"],
+                out["delta"],
+                out["xi"],
+                out["fe"],
+                W,
+                out["updated_W"],
+                out["moments"],
+                out["G"],
+                out["cov"],
+                out["se"],
+                out["evaluations"],
+                out["status"],
+                info[0],
+                info[1],
+                info[2],
+                info[3],
                 time.perf_counter() - t0,
             )
         )

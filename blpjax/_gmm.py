@@ -69,7 +69,7 @@ def moment_covariances(
     else:
         g = Zf * xi.reshape(-1, 1)
         if center:
-            g = (g - jnp.sum(g, axis=0) / N) * w.reshape(-1, 1)
+            g = (g - jnp.sum(g, axis=0, keepdims=True) / N) * w.reshape(-1, 1)
         if se_type == "clustered":
             g = jax.ops.segment_sum(g, cluster_ids.reshape(-1), num_segments=n_clusters)
         S = g.T @ g / N

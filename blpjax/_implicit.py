@@ -115,9 +115,7 @@ def _solve_jvp(primals, tangents):
     t_leaves = jax.tree_util.tree_leaves((t_theta, t_market), is_leaf=_is_zero)
     # eqx.filter_custom_jvp gives None for non-differentiated leaves
     active = [
-        i
-        for i, t in enumerate(t_leaves)
-        if not _is_zero(t) and jnp.issubdtype(jnp.result_type(leaves[i]), jnp.inexact)
+        i for i, t in enumerate(t_leaves) if not _is_zero(t) and jnp.issubdtype(jnp.result_type(leaves[i]), jnp.inexact)
     ]
     if not active:
         t_delta = jnp.zeros_like(delta)

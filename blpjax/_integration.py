@@ -54,7 +54,9 @@ class Integration:
         """Nodes and weights of one market (``market`` selects an independent random stream)."""
         n = int(self.size if size is None else size)
         if dimension == 0:
-            return np.zeros((n if self.simulated else 1, 0)), np.full(n if self.simulated else 1, 1 / (n if self.simulated else 1))
+            return np.zeros((n if self.simulated else 1, 0)), np.full(
+                n if self.simulated else 1, 1 / (n if self.simulated else 1)
+            )
         rng = np.random.default_rng([self.seed, market])
         if self.rule == "monte_carlo":
             return rng.standard_normal((n, dimension)), np.full(n, 1 / n)

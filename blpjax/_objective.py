@@ -40,15 +40,21 @@ class Setup(eqx.Module):
         mask = products.mask
         T, J = mask.shape
         log_S = jnp.where(mask, jnp.log(jnp.where(mask, products.shares, 1.0)), 0.0)
-        market = Market(
-            products.X2, agents.nodes, agents.demographics, agents.weights, log_S, mask, products.nest_ids
-        )
+        market = Market(products.X2, agents.nodes, agents.demographics, agents.weights, log_S, mask, products.nest_ids)
         Z = absorb_columns(products.Z, products.fe_ids, mask, products.fe_sizes)
         X1 = absorb_columns(products.X1, products.fe_ids, mask, products.fe_sizes)
         N = products.n_products
         ZX = jnp.einsum("tjm,tjk->mk", Z, X1) / N
         return cls(
-            market, products.shares, mask, Z, X1, ZX, products.fe_ids, N, products.X2.shape[-1],
+            market,
+            products.shares,
+            mask,
+            Z,
+            X1,
+            ZX,
+            products.fe_ids,
+            N,
+            products.X2.shape[-1],
             products.fe_sizes,
         )
 

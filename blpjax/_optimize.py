@@ -97,15 +97,21 @@ def scipy_minimize(
     bounds = list(zip(lower, upper, strict=True)) if bounded else None
     if opt.method == "l-bfgs-b":
         options = {"gtol": opt.gtol, "maxiter": opt.maxiter}
-        res = scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options, callback=callback)
+        res = scipy.optimize.minimize(
+            fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=options, callback=callback
+        )
     elif opt.method == "bfgs":
         if bounded:
             raise ValueError("SciPy's BFGS does not support bounds; use method='l-bfgs-b' or 'trust-constr'.")
-        res = scipy.optimize.minimize(fun, x0, jac=True, method="BFGS", options={"gtol": opt.gtol, "maxiter": opt.maxiter}, callback=callback)
+        res = scipy.optimize.minimize(
+            fun, x0, jac=True, method="BFGS", options={"gtol": opt.gtol, "maxiter": opt.maxiter}, callback=callback
+        )
     else:
         options = {"gtol": opt.gtol, "xtol": opt.xtol, "maxiter": opt.maxiter}
         sb = scipy.optimize.Bounds(lower, upper) if bounded else None
-        res = scipy.optimize.minimize(fun, x0, jac=True, method="trust-constr", bounds=sb, options=options, callback=callback)
+        res = scipy.optimize.minimize(
+            fun, x0, jac=True, method="trust-constr", bounds=sb, options=options, callback=callback
+        )
     return OptimizeResult(
         np.asarray(res.x), state["delta"], bool(res.success), int(getattr(res, "nit", 0)), state["n"], str(res.message)
     )
@@ -121,7 +127,9 @@ def optax_minimize(value_and_grad: Callable, value: Callable, x0, delta0, lower,
 
     def cond(c):
         x, _, _, g, _, k, _ = c
-        return (k < opt.max_steps) & (_projected_gradient_norm(x, g, lower, upper) > opt.gtol) & jnp.all(jnp.isfinite(g))
+        return (
+            (k < opt.max_steps) & (_projected_gradient_norm(x, g, lower, upper) > opt.gtol) & jnp.all(jnp.isfinite(g))
+        )
 
     def body(c):
         x, state, q, g, delta, k, n = c

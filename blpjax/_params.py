@@ -32,6 +32,32 @@ class ParameterSpec:
     kinds: tuple[str, ...] = field(default=())
     n_nests: int = 0
 
+    def _key(self):
+        """What compiled programs depend on: structure and fixed values, not starting values."""
+        sigma, pi, rho = self.sigma0.copy(), self.pi0.copy(), self.rho0.copy()
+        for r, c in self.sigma_free:
+            sigma[r, c] = 0
+        for r, c in self.pi_free:
+            pi[r, c] = 0
+        rho[list(self.rho_free)] = 0
+        return (
+            self.sigma_free,
+            self.pi_free,
+            self.rho_free,
+            self.n_nests,
+            sigma.shape,
+            pi.shape,
+            sigma.tobytes(),
+            pi.tobytes(),
+            rho.tobytes(),
+        )
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, ParameterSpec) and self._key() == other._key()
+
     @property
     def P(self) -> int:
         return len(self.labels)
@@ -101,7 +127,9 @@ def build_parameters(
         raise BLPSpecificationError("sigma/pi were given but the model has no nonlinear (X2) characteristics.")
     sigma0 = _as_matrix("sigma", sigma, (K2, K2))
     if np.any(np.triu(sigma0, 1) != 0):
-        raise BLPSpecificationError("sigma must be lower triangular (a Cholesky root); entries above the diagonal are not zero.")
+        raise BLPSpecificationError(
+            "sigma must be lower triangular (a Cholesky root); entries above the diagonal are not zero."
+        )
     if pi is not None and D == 0 and np.size(pi):
         raise BLPSpecificationError("pi was given but no demographics were specified.")
     pi0 = _as_matrix("pi", pi, (K2, D))
@@ -145,6 +173,15 @@ def build_parameters(
     lower = np.r_[[s_lo[i] for i in sigma_free], [p_lo[i] for i in pi_free], [r_lo[h] for h in rho_free]]
     upper = np.r_[[s_hi[i] for i in sigma_free], [p_hi[i] for i in pi_free], [r_hi[h] for h in rho_free]]
     return ParameterSpec(
-        sigma0, pi0, rho0, sigma_free, pi_free, rho_free, lower.astype(float), upper.astype(float),
-        tuple(labels), tuple(kinds), n_nests,
+        sigma0,
+        pi0,
+        rho0,
+        sigma_free,
+        pi_free,
+        rho_free,
+        lower.astype(float),
+        upper.astype(float),
+        tuple(labels),
+        tuple(kinds),
+        n_nests,
     )

@@ -30,7 +30,14 @@ def _shares_at(x_new, x_old, delta, theta: Theta, market: Market, ch: Characteri
     d = delta + ch.beta * (x_new - x_old)
     X2 = market.X2 if ch.x2_column < 0 else market.X2.at[:, ch.x2_column].set(x_new)
     rho = theta.rho if theta.nested else None
-    return shares(d, mu(X2, theta.sigma, theta.pi, market.nodes, market.demographics), market.weights, market.mask, market.nest_ids, rho)
+    return shares(
+        d,
+        mu(X2, theta.sigma, theta.pi, market.nodes, market.demographics),
+        market.weights,
+        market.mask,
+        market.nest_ids,
+        rho,
+    )
 
 
 def market_shares(x, delta, theta, market, ch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax  # noqa: E402  (after the x64 switch in _config)
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -20,8 +21,6 @@ from ._objective import Setup
 from ._optimize import OptaxOptimizer, ScipyOptimizer
 from ._params import build_parameters
 from ._results import Results
-
-import jax  # noqa: E402  (after the x64 switch in _config)
 
 
 class Problem:
@@ -57,7 +56,12 @@ class Problem:
         rho_by_nest: bool = False,
     ):
         check_x64()
-        for name, v in (("linear", linear), ("nonlinear", nonlinear), ("absorb", absorb), ("demographics", demographics)):
+        for name, v in (
+            ("linear", linear),
+            ("nonlinear", nonlinear),
+            ("absorb", absorb),
+            ("demographics", demographics),
+        ):
             if isinstance(v, str):
                 raise BLPSpecificationError(f"{name} must be a sequence of column names, not the string {v!r}.")
         self.linear, self.nonlinear = tuple(linear), tuple(nonlinear)
@@ -123,8 +127,17 @@ class Problem:
         if "clustered" in (se_type, W_type) and "clustering_ids" not in self.product_data.columns:
             raise BLPSpecificationError("clustered standard errors need a 'clustering_ids' column in product_data.")
         spec = build_parameters(
-            self.nonlinear, self.demographics, self.products.n_nests, sigma, pi, rho,
-            sigma_bounds, pi_bounds, rho_bounds, self.rho_by_nest, list(self.index.nest_labels),
+            self.nonlinear,
+            self.demographics,
+            self.products.n_nests,
+            sigma,
+            pi,
+            rho,
+            sigma_bounds,
+            pi_bounds,
+            rho_bounds,
+            self.rho_by_nest,
+            list(self.index.nest_labels),
         )
         K1, M = len(self.linear), self.setup.Z.shape[-1]
         if M < K1 + spec.P:
@@ -148,8 +161,15 @@ class Problem:
             t, j = np.nonzero(mask)
             delta0 = jnp.asarray(_pad(np.asarray(delta0)[rows[mask]], t, j, *rows.shape))
         steps = estimate(
-            spec, self.setup, self.products,
-            W=W, steps=1 if method == "1s" else 2, se_type=se_type, W_type=W_type,
-            optimizer=optimizer or ScipyOptimizer(), config=contraction or ContractionConfig(), delta0=delta0,
+            spec,
+            self.setup,
+            self.products,
+            W=W,
+            steps=1 if method == "1s" else 2,
+            se_type=se_type,
+            W_type=W_type,
+            optimizer=optimizer or ScipyOptimizer(),
+            config=contraction or ContractionConfig(),
+            delta0=delta0,
         )
         return Results(self, spec, steps, contraction or ContractionConfig())

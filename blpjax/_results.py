@@ -17,7 +17,6 @@ from ._post import (
     counterfactual_shares,
     diversion_ratios,
     elasticities,
-    market_shares,
 )
 
 if TYPE_CHECKING:
@@ -106,7 +105,9 @@ class Results:
     def parameters(self) -> pd.DataFrame:
         """Tidy table of every estimated parameter: estimate and standard error."""
         est = np.r_[np.asarray(self.final.theta), np.asarray(self.final.beta)]
-        return pd.DataFrame({"estimate": est, "se": np.asarray(self.final.se)}, index=pd.Index(self.labels, name="parameter"))
+        return pd.DataFrame(
+            {"estimate": est, "se": np.asarray(self.final.se)}, index=pd.Index(self.labels, name="parameter")
+        )
 
     @property
     def covariances(self) -> pd.DataFrame:
@@ -171,7 +172,9 @@ class Results:
             f"{f.objective_evaluations} evaluations)  |  converged: {self.converged}",
         ]
         if self.spec.P:
-            lines.append(f"max |gradient| {np.max(np.abs(self.gradient)):.3g}  Hessian eigenvalues {np.array2string(self.hessian_eigenvalues, precision=4)}")
+            lines.append(
+                f"max |gradient| {np.max(np.abs(self.gradient)):.3g}  Hessian eigenvalues {np.array2string(self.hessian_eigenvalues, precision=4)}"
+            )
         lines.append(self.parameters.to_string(float_format=lambda v: f"{v: .6g}"))
         return "\n".join(lines)
 
@@ -291,8 +294,15 @@ class Results:
             delta = delta + ch.beta * (x_new - x)
             if ch.x2_column >= 0:
                 market = market.__class__(
-                    market.X2.at[..., ch.x2_column].set(x_new), market.nodes, market.demographics, market.weights,
-                    market.log_shares, market.mask, market.nest_ids,
+                    market.X2.at[..., ch.x2_column].set(x_new),
+                    market.nodes,
+                    market.demographics,
+                    market.weights,
+                    market.log_shares,
+                    market.mask,
+                    market.nest_ids,
                 )
         cs = jax.jit(jax.vmap(consumer_surplus, in_axes=(0, 0, None, 0, None)))(x, delta, self.theta, market, ch)
-        return pd.Series(np.asarray(cs), index=pd.Index(self.problem.index.market_ids, name="market_ids"), name="consumer_surplus")
+        return pd.Series(
+            np.asarray(cs), index=pd.Index(self.problem.index.market_ids, name="market_ids"), name="consumer_surplus"
+        )

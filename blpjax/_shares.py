@@ -66,7 +66,8 @@ def choice(delta, mu_, mask, nest_ids=None, rho=None) -> tuple[Float[Array, "I J
         return u - lse[:, None], lse
     H = rho.shape[0]
     scale = 1.0 - rho[nest_ids]  # (J,)
-    v = u / scale[None, :]
+    # divide finite utilities only: -inf/scale would give NaN derivatives with respect to ρ
+    v = jnp.where(mask[None, :], jnp.where(mask[None, :], u, 0.0) / scale[None, :], NEG_INF)
     member = (nest_ids[:, None] == jnp.arange(H)[None, :]) & mask[:, None]  # (J, H)
     # inclusive values IV_ih = log Σ_{j∈h} exp(v_ij)
     nonempty = jnp.any(member, axis=0)  # (H,)

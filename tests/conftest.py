@@ -1,0 +1,14 @@
+"""Strict JAX for every test: float64 and no implicit rank promotion."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # PyBLP, our oracle, single-threaded
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import jax  # noqa: E402
+
+import blpjax  # noqa: E402,F401  (turns on float64)
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")

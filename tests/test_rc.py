@@ -1,0 +1,238 @@
+"""Random-coefficients engine: implicit derivatives, batching, padding, PyBLP agreement."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import blpjax
+from blpjax import ContractionConfig, Market, Status, Theta, solve_delta, solve_delta_unrolled
+
+
+def _toy(nested=False, seed=0, T=4, J=6, I=30):
+    rng = np.random.default_rng(seed)
+    X2 = jnp.asarray(rng.normal(size=(T, J, 2)))
+    nodes = jnp.asarray(rng.normal(size=(T, I, 2)))
+    demo = jnp.asarray(rng.normal(size=(T, I, 1)))
+    w = jnp.full((T, I), 1 / I)
+    mask = jnp.ones((T, J), bool).at[0, -2:].set(False)  # an unbalanced market
+    s = jnp.where(mask, 0.04 + 0.03 * jnp.asarray(rng.uniform(size=(T, J))), 0.0)
+    log_s = jnp.where(mask, jnp.log(jnp.where(mask, s, 1.0)), 0.0)
+    nest_ids = jnp.asarray(np.tile(np.arange(J) % 2, (T, 1)))
+    market = Market(X2, nodes, demo, w, log_s, mask, nest_ids)
+    rho = jnp.array([0.3, 0.5]) if nested else jnp.zeros(0)
+    theta = Theta(jnp.array([[0.6, 0.0], [0.2, 0.9]]), jnp.array([[0.3], [-0.2]]), rho)
+    return market, theta
+
+
+def _delta(theta, market, config=ContractionConfig()):
+    T, J = market.mask.shape
+    return jax.vmap(solve_delta, in_axes=(None, 0, 0, None))(theta, market, jnp.zeros((T, J)), config)
+
+
+def _params(theta):
+    return jnp.concatenate([theta.sigma[jnp.tril_indices(2)], theta.pi.ravel(), theta.rho])
+
+
+def _unflatten(x, nested):
+    sigma = jnp.zeros((2, 2)).at[jnp.tril_indices(2)].set(x[:3])
+    return Theta(sigma, x[3:5].reshape(2, 1), x[5:] if nested else jnp.zeros(0))
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_ift_gradient_matches_unrolled_and_finite_differences(nested):
+    market, theta = _toy(nested)
+    x0 = _params(theta)
+    T, J = market.mask.shape
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=(T, J)))
+
+    def f(x):
+        return jnp.sum(weights * _delta(_unflatten(x, nested), market).x)
+
+    def f_unrolled(x):
+        th = _unflatten(x, nested)
+        d = jax.vmap(solve_delta_unrolled, in_axes=(None, 0, 0, None))(th, market, jnp.zeros((T, J)), 4000)
+        return jnp.sum(weights * d)
+
+    g_rev = jax.grad(f)(x0)
+    g_fwd = jax.jacfwd(f)(x0)
+    g_unrolled = jax.grad(f_unrolled)(x0)
+    eps = 1e-6
+    g_fd = np.array([(f(x0 + eps * e) - f(x0 - eps * e)) / (2 * eps) for e in np.eye(x0.size)])
+    np.testing.assert_allclose(g_rev, g_fwd, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g_rev, g_unrolled, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(g_rev, g_fd, rtol=1e-6, atol=1e-8)
+    # each parameter type actually moves δ
+    assert np.all(np.abs(np.asarray(g_rev)) > 1e-6)
+
+
+def test_hessian_is_symmetric_and_matches_finite_differences_of_gradient():
+    market, theta = _toy()
+    x0 = _params(theta)
+
+    def f(x):
+        return jnp.sum(_delta(_unflatten(x, False), market).x ** 2)
+
+    H = jax.hessian(f)(x0)
+    g = jax.grad(f)
+    eps = 1e-5
+    H_fd = np.array([(g(x0 + eps * e) - g(x0 - eps * e)) / (2 * eps) for e in np.eye(x0.size)])
+    np.testing.assert_allclose(H, H.T, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(H, H_fd, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["squarem", "anderson", "simple"])
+@pytest.mark.parametrize("nested", [False, True])
+def test_contraction_solves_share_equations(method, nested):
+    market, theta = _toy(nested)
+    fp = _delta(theta, market, ContractionConfig(method=method))
+    assert np.all(np.asarray(fp.status) == Status.CONVERGED)
+    from blpjax._implicit import market_log_shares
+
+    ls = jax.vmap(market_log_shares, in_axes=(0, None, 0))(fp.x, theta, market)
+    np.testing.assert_allclose(np.where(market.mask, ls, 0), market.log_shares, atol=1e-12)
+    # padded products stay exactly at zero
+    assert np.all(np.asarray(fp.x)[~np.asarray(market.mask)] == 0)
+
+
+def test_vmap_equals_per_market_loop_and_jit_equals_eager():
+    market, theta = _toy()
+    batched = _delta(theta, market).x
+    cfg = ContractionConfig()
+    for t in range(market.mask.shape[0]):
+        m_t = jax.tree_util.tree_map(lambda a, t=t: a[t], market)
+        one = solve_delta(theta, m_t, jnp.zeros(market.mask.shape[1]), cfg).x
+        np.testing.assert_allclose(one, batched[t], rtol=0, atol=1e-13)
+    jitted = jax.jit(lambda th: _delta(th, market).x)(theta)
+    np.testing.assert_allclose(jitted, batched, rtol=0, atol=1e-13)
+
+
+def test_padding_products_and_agents_changes_nothing():
+    market, theta = _toy()
+    base = _delta(theta, market).x
+    T, J = market.mask.shape
+    I = market.weights.shape[1]
+    pad_j, pad_i = 3, 7
+    padded = Market(
+        jnp.concatenate([market.X2, jnp.ones((T, pad_j, 2))], 1),
+        jnp.concatenate([market.nodes, jnp.ones((T, pad_i, 2))], 1),
+        jnp.concatenate([market.demographics, jnp.ones((T, pad_i, 1))], 1),
+        jnp.concatenate([market.weights, jnp.zeros((T, pad_i))], 1),
+        jnp.concatenate([market.log_shares, jnp.zeros((T, pad_j))], 1),
+        jnp.concatenate([market.mask, jnp.zeros((T, pad_j), bool)], 1),
+        jnp.concatenate([market.nest_ids, jnp.zeros((T, pad_j), int)], 1),
+    )
+    out = jax.vmap(solve_delta, in_axes=(None, 0, 0, None))(
+        theta, padded, jnp.zeros((T, J + pad_j)), ContractionConfig()
+    )
+    np.testing.assert_allclose(out.x[:, :J], base, rtol=0, atol=1e-12)
+    assert I + pad_i == padded.weights.shape[1]
+
+
+def test_non_convergence_is_a_status_not_a_nan():
+    market, theta = _toy()
+    fp = _delta(theta, market, ContractionConfig(max_evaluations=3))
+    assert np.all(np.asarray(fp.status) == Status.MAX_EVALUATIONS)
+    assert np.all(np.isfinite(fp.x))
+    assert "evaluation limit" in Status.MAX_EVALUATIONS.explain()
+
+
+def test_objective_does_not_retrace_when_theta_changes():
+    product_data, agent_data, _ = blpjax.simulate(blpjax.SimulationConfig(markets=10, agents=20))
+    problem = blpjax.Problem(
+        product_data, ("1", "x", "prices"), ("1", "prices"), agent_data=agent_data, demographics=("income",)
+    )
+    from blpjax._estimate import _value_and_grad
+
+    r1 = problem.solve(np.diag([1.0, 0.5]), [[0.0], [0.3]], method="1s")
+    misses = _value_and_grad._cache_size()
+    problem.solve(np.diag([0.7, 0.2]), [[0.0], [0.1]], method="1s")
+    assert _value_and_grad._cache_size() == misses
+    assert r1.converged
+
+
+def test_simulate_and_recover_from_half_the_truth():
+    from blpjax._simulate import SimulationConfig, simulate
+
+    cfg = SimulationConfig(markets=150, agents=150, seed=3)
+    product_data, agent_data, truth = simulate(cfg)
+    problem = blpjax.Problem(
+        product_data, ("1", "x", "prices"), ("1", "prices"), agent_data=agent_data, demographics=("income",)
+    )
+    res = problem.solve(truth["sigma"] / 2, [[0.0], [cfg.pi[1] / 2]], method="2s")
+    assert res.converged
+    est = res.parameters
+    true = {
+        "sigma[1, 1]": cfg.sigma[0],
+        "pi[prices, income]": cfg.pi[1],
+        "beta[prices]": cfg.beta[2],
+        "beta[x]": cfg.beta[1],
+    }
+    for label, value in true.items():
+        z = (est.loc[label, "estimate"] - value) / est.loc[label, "se"]
+        assert abs(z) < 4, (label, est.loc[label].to_dict(), value)
+
+
+def _nevo():
+    pyblp = pytest.importorskip("pyblp")
+    pyblp.options.verbose = False
+    products = pd.read_csv(pyblp.data.NEVO_PRODUCTS_LOCATION)
+    agents = pd.read_csv(pyblp.data.NEVO_AGENTS_LOCATION)
+    sigma = np.diag([0.3302, 2.4526, 0.0163, 0.2441])
+    pi = np.array(
+        [[5.4819, 0, 0.2037, 0], [15.8935, -1.2000, 0, 2.6342], [-0.2506, 0, 0.0511, 0], [1.2650, 0, -0.8091, 0]]
+    )
+    pp = pyblp.Problem(
+        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation("1 + prices + sugar + mushy")),
+        products,
+        pyblp.Formulation("0 + income + income_squared + age + child"),
+        agents,
+    )
+    bp = blpjax.Problem(
+        products,
+        ("prices",),
+        ("1", "prices", "sugar", "mushy"),
+        absorb=("product_ids",),
+        agent_data=agents,
+        demographics=("income", "income_squared", "age", "child"),
+    )
+    return pyblp, pp, bp, sigma, pi
+
+
+def test_nevo_objective_and_gradient_match_pyblp_at_starting_values():
+    pyblp, pp, bp, sigma, pi = _nevo()
+    r = pp.solve(sigma, pi, method="1s", optimization=pyblp.Optimization("return"))
+    res = bp.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("bfgs", maxiter=0))
+    np.testing.assert_allclose(res.objective, float(r.objective), rtol=1e-9)
+    np.testing.assert_allclose(res.gradient, np.asarray(r.gradient).ravel(), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(res.delta, np.asarray(r.delta).ravel(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        res.parameters["se"],
+        np.asarray(r.parameters_se).ravel()
+        if False
+        else np.r_[
+            np.asarray(r.sigma_se)[np.nonzero(sigma)],
+            np.asarray(r.pi_se)[np.nonzero(pi)],
+            np.asarray(r.beta_se).ravel(),
+        ],
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.slow
+def test_nevo_estimates_match_pyblp():
+    pyblp, pp, bp, sigma, pi = _nevo()
+    r = pp.solve(sigma, pi, method="1s", optimization=pyblp.Optimization("bfgs", {"gtol": 1e-5}))
+    res = bp.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("bfgs", gtol=1e-5))
+    np.testing.assert_allclose(res.objective, 4.561514, rtol=1e-6)
+    np.testing.assert_allclose(res.objective, float(r.objective), rtol=1e-6)
+    theta_py = np.r_[np.asarray(r.sigma)[np.nonzero(sigma)], np.asarray(r.pi)[np.nonzero(pi)]]
+    se_py = np.r_[np.asarray(r.sigma_se)[np.nonzero(sigma)], np.asarray(r.pi_se)[np.nonzero(pi)]]
+    np.testing.assert_allclose(res.final.theta, theta_py, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(res.final.se[: res.spec.P], se_py, rtol=1e-5)
+    np.testing.assert_allclose(res.beta.values, np.asarray(r.beta).ravel(), rtol=1e-5)
+    E = np.asarray(r.compute_elasticities())
+    Eb = res.compute_elasticities(layout="stacked")
+    ok = np.isfinite(E)
+    np.testing.assert_allclose(Eb[ok], E[ok], rtol=1e-5, atol=1e-8)
