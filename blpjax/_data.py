@@ -69,7 +69,7 @@ def _numeric(df: pd.DataFrame, column: str, frame: str) -> np.ndarray:
     if bad.any():
         where = df["market_ids"].to_numpy()[bad][:3] if "market_ids" in df.columns else np.flatnonzero(bad)[:3]
         raise BLPDataError(
-            f"{frame} column '{column}' has {bad.sum()} NaN/inf value(s) (first in market(s) {list(where)}). "
+            f"{frame} column '{column}' has {bad.sum()} NaN/inf value(s) (first in market(s) {where.tolist()}). "
             "Drop or impute these rows before building the problem."
         )
     return values
@@ -137,13 +137,13 @@ def build_products(
     bad = shares <= 0
     if bad.any():
         raise BLPDataError(
-            f"shares must be positive: {bad.sum()} share(s) ≤ 0, in market(s) {list(pd.unique(markets[bad]))[:5]}."
+            f"shares must be positive: {bad.sum()} share(s) ≤ 0, in market(s) {pd.unique(markets[bad]).tolist()[:5]}."
         )
     totals = pd.Series(shares).groupby(markets, sort=False).sum()
     if (totals >= 1).any():
         raise BLPDataError(
             f"inside shares must sum to less than one in every market (the outside good needs a positive share); "
-            f"they sum to ≥ 1 in market(s) {list(totals.index[totals >= 1])[:5]} "
+            f"they sum to ≥ 1 in market(s) {totals.index[totals >= 1].tolist()[:5]} "
             f"(sum = {totals[totals >= 1].iloc[0]:.6g}). Check the market size used to compute shares."
         )
     if "product_ids" in df.columns:

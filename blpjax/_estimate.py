@@ -170,7 +170,7 @@ def estimate(
         if spec.P:
             if isinstance(optimizer, ScipyOptimizer):
                 res = scipy_minimize(
-                    lambda x_, d0: _value_and_grad(spec, config, x_, d0, conc, setup),
+                    lambda x_, d0, conc=conc: _value_and_grad(spec, config, x_, d0, conc, setup),
                     x,
                     delta0,
                     spec.lower,
