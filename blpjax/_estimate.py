@@ -28,7 +28,7 @@ from ._gmm import (
     symmetric_inverse,
 )
 from ._markets import Products
-from ._objective import Setup, objective, solve_deltas, structural_errors
+from ._objective import Setup, deltas_at_solution, objective, structural_errors
 from ._optimize import OptaxOptimizer, ScipyOptimizer, optax_minimize, scipy_minimize
 from ._params import ParameterSpec
 
@@ -41,7 +41,6 @@ class StepResult(eqx.Module):
     beta: Float[Array, " K1"]
     objective: Array
     gradient: Float[Array, " P"]
-    hessian: Float[Array, "P P"]
     delta: Float[Array, "T J"]
     xi: Float[Array, "T J"]
     fixed_effects: Float[Array, "T J"]
@@ -58,62 +57,37 @@ class StepResult(eqx.Module):
     objective_evaluations: int = eqx.field(static=True)
     optimizer_message: str = eqx.field(static=True)
     seconds: float = eqx.field(static=True)
+    delta0: Float[Array, "T J"] | None = None
 
 
-def _post_step(x, delta0, spec, setup, conc, X1_raw, cluster_ids, n_clusters, se_type, W_type, step, config):
-    """Statistics of a step at its estimate x (jitted once per problem)."""
-    P = spec.P
-    theta = spec.unpack(x)
-    q, ev = objective(theta, setup, conc, delta0, config)
-    beta = conc.B @ ev.g_delta
-    xi = structural_errors(ev.delta, setup, beta)
-    fe = jnp.where(setup.mask, ev.delta - X1_raw @ beta - xi, 0.0)
-    moments = conc.C @ ev.g_delta
+def _post_step(x, delta, g_delta, spec, setup, conc, X1_raw, cluster_ids, n_clusters, se_type, W_type, step, config):
+    """Statistics of a step at its estimate x with converged δ (jitted once per problem)."""
+    beta = conc.B @ g_delta
+    xi = structural_errors(delta, setup, beta)
+    fe = jnp.where(setup.mask, delta - X1_raw @ beta - xi, 0.0)
+    moments = conc.C @ g_delta
 
     def g_delta_of(x_):
-        fp = solve_deltas(spec.unpack(x_), setup, ev.delta, config)
-        return instrument_moments(setup.Z, fp.x, setup.mask, setup.N)
+        d = deltas_at_solution(spec.unpack(x_), setup, delta)
+        return instrument_moments(setup.Z, d, setup.mask, setup.N)
 
-    def q_of(x_):
-        return objective(spec.unpack(x_), setup, conc, ev.delta, config)[0]
-
-    if P:
-        G_theta = jax.jacfwd(g_delta_of)(x)
-        gradient = jax.grad(q_of)(x)
-        hessian = jax.hessian(q_of)(x)
-    else:
-        G_theta = jnp.zeros((setup.Z.shape[-1], 0))
-        gradient = jnp.zeros(0)
-        hessian = jnp.zeros((0, 0))
+    G_theta = jax.jacfwd(g_delta_of)(x) if spec.P else jnp.zeros((setup.Z.shape[-1], 0))
     G = jnp.concatenate([G_theta, -setup.ZX], axis=1)
     S_w = moment_covariances(xi, setup.Z, setup.mask, setup.N, W_type, cluster_ids, n_clusters)
     updated_W = symmetric_inverse(S_w)
-    S = (
-        S_w
-        if se_type == W_type
-        else moment_covariances(xi, setup.Z, setup.mask, setup.N, se_type, cluster_ids, n_clusters)
-    )
+    S = S_w if se_type == W_type else moment_covariances(xi, setup.Z, setup.mask, setup.N, se_type, cluster_ids, n_clusters)
     W_cov = conc.W
     if se_type == "unadjusted" and step == 1:
         W_cov = symmetric_inverse(S)
     cov = parameter_covariances(G, W_cov, S, robust=se_type != "unadjusted")
     se = jnp.sqrt(jnp.diag(cov) / setup.N)
-    return dict(
-        objective=q,
-        beta=beta,
-        delta=ev.delta,
-        xi=xi,
-        fe=fe,
-        moments=moments,
-        G=G,
-        cov=cov,
-        se=se,
-        updated_W=updated_W,
-        gradient=gradient,
-        hessian=hessian,
-        evaluations=ev.evaluations,
-        status=ev.status,
-    )
+    return dict(beta=beta, xi=xi, fe=fe, moments=moments, G=G, cov=cov, se=se, updated_W=updated_W)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def objective_hessian(spec, config, x, delta0, conc, setup):
+    """The exact Hessian of q(θ) (forward over reverse through the implicit δ(θ))."""
+    return jax.hessian(lambda y: _value(spec, config, y, delta0, conc, setup)[0])(x)
 
 
 # Module-level programs: compiled once per (parameter structure, configuration), reused across
@@ -141,7 +115,7 @@ def _optax_run(spec, config, optimizer, x, d0, conc, setup):
     )
 
 
-_post = jax.jit(_post_step, static_argnums=(2, 7, 8, 9, 10, 11))
+_post = jax.jit(_post_step, static_argnums=(3, 8, 9, 10, 11, 12))
 
 
 def estimate(
@@ -186,50 +160,22 @@ def estimate(
         else:
             x_hat = x
             info = (True, 0, 1, "no nonlinear parameters: closed form")
-        # δ₀ of the step (not the optimiser's last δ), so the contraction statistics are those of a
-        # cold start at the estimate, comparable to PyBLP's
+        # evaluated from the step's δ₀ (not the optimiser's last δ), so the contraction statistics are
+        # those of a cold start at the estimate, comparable to PyBLP's
+        q, gradient, ev = _value_and_grad(spec, config, jnp.asarray(x_hat), delta0, conc, setup)
         out = _post(
-            jnp.asarray(x_hat),
-            delta0,
-            spec,
-            setup,
-            conc,
-            products.X1,
-            products.cluster_ids,
-            products.n_clusters,
-            se_type,
-            W_type,
-            step,
-            config,
+            jnp.asarray(x_hat), ev.delta, ev.g_delta, spec, setup, conc, products.X1, products.cluster_ids,
+            products.n_clusters, se_type, W_type, step, config,
         )
         out = jax.tree_util.tree_map(lambda a: a.block_until_ready(), out)
         results.append(
             StepResult(
-                step,
-                jnp.asarray(x_hat),
-                out["beta"],
-                out["objective"],
-                out["gradient"],
-                out["hessian"],
-                out["delta"],
-                out["xi"],
-                out["fe"],
-                W,
-                out["updated_W"],
-                out["moments"],
-                out["G"],
-                out["cov"],
-                out["se"],
-                out["evaluations"],
-                out["status"],
-                info[0],
-                info[1],
-                info[2],
-                info[3],
-                time.perf_counter() - t0,
+                step, jnp.asarray(x_hat), out["beta"], q, gradient, ev.delta, out["xi"], out["fe"], W,
+                out["updated_W"], out["moments"], out["G"], out["cov"], out["se"], ev.evaluations, ev.status,
+                info[0], info[1], info[2], info[3], time.perf_counter() - t0, delta0,
             )
         )
         W = out["updated_W"]
         x = np.asarray(x_hat)
-        delta0 = out["delta"]
+        delta0 = ev.delta
     return results

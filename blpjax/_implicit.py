@@ -104,36 +104,58 @@ def _is_zero(t):
     return t is None or isinstance(t, SymbolicZero)
 
 
-@_solve.def_jvp
-def _solve_jvp(primals, tangents):
-    theta, market, delta0, config = primals
-    t_theta, t_market = tangents[0], tangents[1]
-    out = _solve(theta, market, delta0, config)
-    delta = out.x
-
+def _ift_tangent(delta, theta: Theta, market: Market, t_theta, t_market):
+    """dδ = −(∂F/∂δ)⁻¹ (∂F/∂(θ, data) · tangents) at the solution δ (symbolic zeros skipped)."""
     leaves, treedef = jax.tree_util.tree_flatten((theta, market))
     t_leaves = jax.tree_util.tree_leaves((t_theta, t_market), is_leaf=_is_zero)
     # eqx.filter_custom_jvp gives None for non-differentiated leaves
     active = [
-        i for i, t in enumerate(t_leaves) if not _is_zero(t) and jnp.issubdtype(jnp.result_type(leaves[i]), jnp.inexact)
+        i
+        for i, t in enumerate(t_leaves)
+        if not _is_zero(t) and jnp.issubdtype(jnp.result_type(leaves[i]), jnp.inexact)
     ]
     if not active:
-        t_delta = jnp.zeros_like(delta)
-    else:
+        return jnp.zeros_like(delta)
 
-        def F(*xs):
-            full = list(leaves)
-            for i, x in zip(active, xs, strict=True):
-                full[i] = x
-            th, mk = jax.tree_util.tree_unflatten(treedef, full)
-            return market_log_shares(delta, th, mk) - mk.log_shares
+    def F(*xs):
+        full = list(leaves)
+        for i, x in zip(active, xs, strict=True):
+            full[i] = x
+        th, mk = jax.tree_util.tree_unflatten(treedef, full)
+        return market_log_shares(delta, th, mk) - mk.log_shares
 
-        _, b = jax.jvp(F, [leaves[i] for i in active], [t_leaves[i] for i in active])
-        b = jnp.where(market.mask, b, 0.0)
-        lu = jsl.lu_factor(_residual_jacobian(delta, theta, market))
-        t_delta = -jsl.lu_solve(lu, b)
-    t_out = FixedPoint(t_delta, None, None)  # type: ignore[arg-type]
-    return out, t_out
+    _, b = jax.jvp(F, [leaves[i] for i in active], [t_leaves[i] for i in active])
+    b = jnp.where(market.mask, b, 0.0)
+    lu = jsl.lu_factor(_residual_jacobian(delta, theta, market))
+    return -jsl.lu_solve(lu, b)
+
+
+@_solve.def_jvp
+def _solve_jvp(primals, tangents):
+    theta, market, delta0, config = primals
+    out = _solve(theta, market, delta0, config)
+    t_delta = _ift_tangent(out.x, theta, market, tangents[0], tangents[1])
+    return out, FixedPoint(t_delta, None, None)  # type: ignore[arg-type]
+
+
+@eqx.filter_custom_jvp
+def _pinned(theta: Theta, market: Market, delta: Array) -> Array:
+    return delta
+
+
+@_pinned.def_jvp
+def _pinned_jvp(primals, tangents):
+    theta, market, delta = primals
+    return delta, _ift_tangent(delta, theta, market, tangents[0], tangents[1])
+
+
+def delta_at_solution(theta: Theta, market: Market, delta: Array) -> Array:
+    """δ already solved at θ, carrying the first-order implicit derivative dδ/dθ.
+
+    Cheaper than :func:`solve_delta` for first derivatives at a known solution (no contraction
+    is traced). First order only: the tangent holds δ fixed, so do not nest derivatives.
+    """
+    return _pinned(theta, market, jax.lax.stop_gradient(delta))
 
 
 def solve_delta(theta: Theta, market: Market, delta0: Array, config: ContractionConfig) -> FixedPoint:

@@ -16,7 +16,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._absorb import absorb
 from ._contraction import ContractionConfig, FixedPoint
 from ._gmm import Concentration, instrument_moments
-from ._implicit import Market, Theta, solve_delta
+from ._implicit import Market, Theta, delta_at_solution, solve_delta
 from ._logit import logit_delta
 from ._markets import Agents, Products
 
@@ -77,6 +77,13 @@ def solve_deltas(theta: Theta, setup: Setup, delta0: Float[Array, "T J"], config
         zeros = jnp.zeros(delta.shape[0], jnp.int32)
         return FixedPoint(delta, zeros, zeros)
     return jax.vmap(solve_delta, in_axes=(None, 0, 0, None))(theta, setup.market, delta0, config)
+
+
+def deltas_at_solution(theta: Theta, setup: Setup, delta: Float[Array, "T J"]) -> Float[Array, "T J"]:
+    """δ known to solve the share equations at θ, with its first-order derivative dδ/dθ."""
+    if setup.K2 == 0:
+        return solve_deltas(theta, setup, delta, ContractionConfig()).x
+    return jax.vmap(delta_at_solution, in_axes=(None, 0, 0))(theta, setup.market, delta)
 
 
 class Evaluation(eqx.Module):

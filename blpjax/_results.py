@@ -48,6 +48,7 @@ class Results:
         self.problem, self.spec, self.steps, self.config = problem, spec, steps, config
         self.final = steps[-1]
         self.theta = spec.unpack(self.final.theta)
+        self._hessian: np.ndarray | None = None
 
     # --- estimates -------------------------------------------------------------------------
     @property
@@ -138,7 +139,16 @@ class Results:
 
     @property
     def hessian(self) -> np.ndarray:
-        return np.asarray(self.final.hessian)
+        """Exact Hessian of the objective at the estimate (autodiff; computed on first use)."""
+        if self._hessian is None:
+            from ._estimate import objective_hessian
+            from ._gmm import Concentration
+
+            p = self.problem
+            conc = Concentration.build(p.setup.ZX, self.final.W, p.N)
+            H = objective_hessian(self.spec, self.config, self.final.theta, self.final.delta, conc, p.setup)
+            self._hessian = np.asarray(H)
+        return self._hessian
 
     @property
     def hessian_eigenvalues(self) -> np.ndarray:

@@ -55,9 +55,10 @@ def test_ift_gradient_matches_unrolled_and_finite_differences(nested):
         d = jax.vmap(solve_delta_unrolled, in_axes=(None, 0, 0, None))(th, market, jnp.zeros((T, J)), 4000)
         return jnp.sum(weights * d)
 
-    g_rev = jax.grad(f)(x0)
-    g_fwd = jax.jacfwd(f)(x0)
-    g_unrolled = jax.grad(f_unrolled)(x0)
+    f = jax.jit(f)
+    g_rev = jax.jit(jax.grad(f))(x0)
+    g_fwd = jax.jit(jax.jacfwd(f))(x0)
+    g_unrolled = jax.jit(jax.grad(f_unrolled))(x0)
     eps = 1e-6
     g_fd = np.array([(f(x0 + eps * e) - f(x0 - eps * e)) / (2 * eps) for e in np.eye(x0.size)])
     np.testing.assert_allclose(g_rev, g_fwd, rtol=1e-10, atol=1e-12)
@@ -74,8 +75,8 @@ def test_hessian_is_symmetric_and_matches_finite_differences_of_gradient():
     def f(x):
         return jnp.sum(_delta(_unflatten(x, False), market).x ** 2)
 
-    H = jax.hessian(f)(x0)
-    g = jax.grad(f)
+    H = jax.jit(jax.hessian(f))(x0)
+    g = jax.jit(jax.grad(f))
     eps = 1e-5
     H_fd = np.array([(g(x0 + eps * e) - g(x0 - eps * e)) / (2 * eps) for e in np.eye(x0.size)])
     np.testing.assert_allclose(H, H.T, rtol=1e-8, atol=1e-8)
