@@ -77,7 +77,8 @@ class Results:
 
     @property
     def rho(self) -> np.ndarray:
-        return np.asarray(self.theta.rho)
+        """ρ as specified: one shared value, or one per nest with ``rho_by_nest``."""
+        return np.asarray(self.theta.rho)[: self.spec.rho0.shape[0]]
 
     def _theta_matrix(self, kind: str, se: bool) -> np.ndarray:
         shape = {"sigma": self.spec.sigma0.shape, "pi": self.spec.pi0.shape}[kind]
