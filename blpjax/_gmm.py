@@ -2,8 +2,8 @@
 
 Notation follows PyBLP. With N products, absorbed instruments Z̃ and regressors X̃ (fixed effects
 removed), mean moments ḡ = Z̃'ξ/N and objective q = N ḡ'Wḡ. β is concentrated out:
-β(δ) = (X̃'Z̃WZ̃'X̃)⁻¹X̃'Z̃WZ̃'δ, so ḡ = C Z̃'δ/N with C = I − (Z̃'X̃/N)B and q = (Z̃'δ/N)' Q (Z̃'δ/N),
-Q = N C'WC, all precomputed once per weighting matrix.
+β(δ) = (X̃'Z̃WZ̃'X̃)⁻¹X̃'Z̃WZ̃'δ, so ḡ = C Z̃'δ/N with C = I − (Z̃'X̃/N)B and q = N ḡ'Wḡ (C and B precomputed once per W;
+ḡ is formed before the quadratic form so that a small q is not lost to cancellation).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ class Concentration(eqx.Module):
     W: Float[Array, "M M"]
     B: Float[Array, "K1 M"]  # β = B ḡ_δ with ḡ_δ = Z̃'δ/N
     C: Float[Array, "M M"]  # ḡ = C ḡ_δ
-    Q: Float[Array, "M M"]  # q = ḡ_δ' Q ḡ_δ
 
     @classmethod
     def build(cls, ZX: Float[Array, "M K1"], W: Float[Array, "M M"], N: int) -> Concentration:
@@ -38,8 +37,7 @@ class Concentration(eqx.Module):
         else:
             B = jnp.zeros((0, W.shape[0]))
             C = jnp.eye(W.shape[0])
-        Q = N * C.T @ W @ C
-        return cls(W, B, C, (Q + Q.T) / 2)
+        return cls(W, B, C)
 
 
 def instrument_moments(Z: Float[Array, "T J M"], v: Float[Array, "T J"], mask: Bool[Array, "T J"], N: int):

@@ -101,7 +101,8 @@ def objective(
     """q(θ) = N ḡ'Wḡ with β concentrated out, and the evaluation's by-products."""
     fp = solve_deltas(theta, setup, delta0, config)
     g_delta = instrument_moments(setup.Z, fp.x, setup.mask, setup.N)
-    q = g_delta @ conc.Q @ g_delta
+    g = conc.C @ g_delta  # residualise first: ḡ'Qḡ_δ would lose the small q to cancellation
+    q = setup.N * g @ conc.W @ g
     return q, Evaluation(fp.x, fp.evaluations, fp.status, g_delta)
 
 
