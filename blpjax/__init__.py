@@ -5,6 +5,7 @@ Importing blpjax turns on float64 in JAX (``jax_enable_x64``): share inversions 
 """
 
 from . import _config as _config  # noqa: F401  (enables float64 first)
+from ._config import enable_compilation_cache as enable_compilation_cache
 from ._contraction import ContractionConfig as ContractionConfig
 from ._errors import BLPDataError as BLPDataError
 from ._errors import BLPSpecificationError as BLPSpecificationError

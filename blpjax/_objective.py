@@ -65,8 +65,11 @@ def absorb_columns(values, fe_ids, mask, sizes):
     values = jnp.where(mask[..., None], values, 0.0)
     if not sizes or K == 0:
         return values
-    r, _, _ = absorb(values.reshape(T * J, K), fe_ids.reshape(T * J, -1), mask.reshape(-1), sizes)
+    r, _, _ = _absorb_jit(values.reshape(T * J, K), fe_ids.reshape(T * J, -1), mask.reshape(-1), sizes)
     return r.reshape(T, J, K)
+
+
+_absorb_jit = jax.jit(absorb, static_argnums=(3, 4, 5))
 
 
 def solve_deltas(theta: Theta, setup: Setup, delta0: Float[Array, "T J"], config: ContractionConfig) -> FixedPoint:
