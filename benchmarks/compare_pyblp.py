@@ -194,49 +194,15 @@ def blp_case() -> Case:
 
 
 def mixtape_data(data_dir: Path = MIXTAPE_DATA, draws: int = 1000, seed: int = 0):
-    """Product data with Exercise 2's instruments, and agent data (course data in ``data_dir``).
+    """Product data with Exercise 2's instruments DI0–DI3 as ``demand_instruments0..3``, and agent data.
 
-    Instruments: DI0 = price_instrument; DI1 = market mean of log income × mushy; DI2 = market mean
-    of log income × p̂; DI3 = Σ_k (p̂_j − p̂_k)² over the products k of j's market, where p̂ is the
-    OLS fit of prices on price_instrument and market and product dummies. The market mean of log
-    income is taken over the market's rows of demographics.csv.
-
-    Agents: per market, ``draws`` draws with replacement from its rows of demographics.csv
-    (``random_state=seed``), sorted by market; nodes0..2 standard normal from
-    ``numpy.random.default_rng(seed)`` in that row order; weights 1/draws.
+    Built by :func:`replicate_mixtape.load_exercise2_data` (see there for the instruments and agents).
     """
     sys.path.insert(0, str(HERE))
-    from replicate_mixtape import load_product_data
+    from replicate_mixtape import load_exercise2_data, with_instruments
 
-    products = load_product_data(data_dir)
-    demographics = pd.read_csv(Path(data_dir) / "demographics.csv")
-    demographics["log_income"] = np.log(demographics["quarterly_income"])
-    mean_log_income = products["market_ids"].map(demographics.groupby("market")["log_income"].mean())
-
-    dummies = pd.get_dummies(products[["market_ids", "product_ids"]].astype(str), drop_first=False, dtype=float)
-    X = np.column_stack([products["price_instrument"].to_numpy(), dummies.to_numpy()])
-    y = products["prices"].to_numpy()
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    pp = pd.Series(X @ coef, index=products.index)
-    g = pp.groupby(products["market_ids"])
-    J, s1, s2 = g.transform("size"), g.transform("sum"), (pp**2).groupby(products["market_ids"]).transform("sum")
-    products["demand_instruments0"] = products["price_instrument"]
-    products["demand_instruments1"] = mean_log_income * products["mushy"]
-    products["demand_instruments2"] = mean_log_income * pp
-    products["demand_instruments3"] = J * pp**2 - 2 * pp * s1 + s2
-
-    sampled = demographics.groupby("market").sample(n=draws, replace=True, random_state=seed)
-    sampled = sampled.sort_values("market", kind="mergesort").reset_index(drop=True)
-    nodes = np.random.default_rng(seed).normal(size=(len(sampled), 3))
-    agents = pd.DataFrame(
-        {
-            "market_ids": sampled["market"].to_numpy(),
-            "weights": 1 / draws,
-            **{f"nodes{k}": nodes[:, k] for k in range(3)},
-            "log_income": sampled["log_income"].to_numpy(),
-        }
-    )
-    return products, agents
+    products, agents = load_exercise2_data(data_dir, draws, seed)
+    return with_instruments(products, "DI0", "DI1", "DI2", "DI3"), agents
 
 
 def mixtape_ex2_case() -> Case | None:

@@ -24,6 +24,17 @@ Exercise 1 (pure logit), following the course:
 * ``cf``: with the IV estimates, halve the price of F1B04 in market C01Q2 holding ξ fixed and report the
   percent change in every product's share in that market;
 * ``elasticities``: own-price elasticities of the products of C01Q2 (IV estimates).
+
+Exercise 2 (mixed logit; X1 = prices with market and product fixed effects absorbed, log income as the
+demographic, agents and instruments DI0–DI3 from :func:`load_exercise2_data`; one-step GMM with
+trust-constr, gtol = xtol = 1e-8):
+
+* ``ex2``: Exercise 2.2, X2 = mushy with σ = 0 and π on mushy × log income (start 1), instruments DI0, DI1;
+* ``ex2.full``: Exercise 2.5, X2 = mushy + prices, start Σ = diag(0, 1), Π = (0.2, 1)', instruments
+  DI0–DI3, PyBLP's default bounds (σ_prices ≥ 0); ``ex2.full.cf``: the Exercise 1 counterfactual (halve
+  F1B04's price in C01Q2, ξ fixed) with these estimates.
+
+With ``--check-pyblp`` the objective of the just-identified Exercise 2.5 (≈ 0) is compared absolutely.
 """
 
 from __future__ import annotations
@@ -88,6 +99,61 @@ def counterfactual_prices(product_data: pd.DataFrame, market=CF_MARKET, product=
     return prices
 
 
+def load_exercise2_data(data_dir: str | Path = DEFAULT_DATA, draws: int = 1000, seed: int = 0):
+    """Exercise 2's product data (with instrument columns ``DI0``–``DI3``) and agent data.
+
+    Instruments: DI0 = price_instrument; DI1 = market mean of log income × mushy; DI2 = market mean
+    of log income × p̂; DI3 = Σ_k (p̂_j − p̂_k)² over the products k of j's market, where p̂ is the
+    OLS fit of prices on price_instrument and market and product dummies. The market mean of log
+    income is taken over the market's rows of demographics.csv. Select them with
+    :func:`with_instruments` (e.g. ``with_instruments(products, "DI0", "DI1")``).
+
+    Agents: per market, ``draws`` draws with replacement from its rows of demographics.csv
+    (``random_state=seed``), sorted by market; nodes0..2 standard normal from
+    ``numpy.random.default_rng(seed)`` in that row order (column k goes with the k-th X2
+    characteristic); weights 1/draws; ``log_income``.
+    """
+    products = load_product_data(data_dir)
+    demographics = pd.read_csv(Path(data_dir) / "demographics.csv")
+    demographics["log_income"] = np.log(demographics["quarterly_income"])
+    mean_log_income = products["market_ids"].map(demographics.groupby("market")["log_income"].mean())
+
+    dummies = pd.get_dummies(products[["market_ids", "product_ids"]].astype(str), drop_first=False, dtype=float)
+    X = np.column_stack([products["price_instrument"].to_numpy(), dummies.to_numpy()])
+    coef, *_ = np.linalg.lstsq(X, products["prices"].to_numpy(), rcond=None)
+    pp = pd.Series(X @ coef, index=products.index)
+    g = pp.groupby(products["market_ids"])
+    J, s1, s2 = g.transform("size"), g.transform("sum"), (pp**2).groupby(products["market_ids"]).transform("sum")
+    products["DI0"] = products["price_instrument"]
+    products["DI1"] = mean_log_income * products["mushy"]
+    products["DI2"] = mean_log_income * pp
+    products["DI3"] = J * pp**2 - 2 * pp * s1 + s2
+
+    sampled = demographics.groupby("market").sample(n=draws, replace=True, random_state=seed)
+    sampled = sampled.sort_values("market", kind="mergesort").reset_index(drop=True)
+    nodes = np.random.default_rng(seed).normal(size=(len(sampled), 3))
+    agents = pd.DataFrame(
+        {
+            "market_ids": sampled["market"].to_numpy(),
+            "weights": 1 / draws,
+            **{f"nodes{k}": nodes[:, k] for k in range(3)},
+            "log_income": sampled["log_income"].to_numpy(),
+        }
+    )
+    return products, agents
+
+
+def pyblp_default_sigma_bounds(sigma) -> tuple[np.ndarray, np.ndarray]:
+    """PyBLP's default Σ bounds with a bounded optimiser: diagonal ≥ min(0, start), else free.
+
+    Passed explicitly to both libraries (blpjax's default is unbounded) so both see the same feasible set.
+    """
+    sigma = np.asarray(sigma, float)
+    lower = np.full(sigma.shape, -np.inf)
+    np.fill_diagonal(lower, np.minimum(0, np.diag(sigma)))
+    return lower, np.full(sigma.shape, np.inf)
+
+
 # --- exercise 1: pure logit -------------------------------------------------------------------------------
 FE = ("market_ids", "product_ids")
 
@@ -104,9 +170,7 @@ def exercise1(product_data: pd.DataFrame) -> dict:
     fe = blpjax.Problem(ols_data, linear=("prices",), absorb=FE).solve(method="1s", se_type="robust")
     out["ex1.fe.price"], out["ex1.fe.price_se"] = fe.beta["prices"], fe.beta_se["prices"]
 
-    iv_problem = blpjax.Problem(
-        with_instruments(product_data, "price_instrument"), linear=("prices",), absorb=FE
-    )
+    iv_problem = blpjax.Problem(with_instruments(product_data, "price_instrument"), linear=("prices",), absorb=FE)
     iv = iv_problem.solve(method="1s", se_type="robust")
     iv_clustered = iv_problem.solve(method="1s", se_type="clustered")
     out["ex1.iv.price"], out["ex1.iv.price_se"] = iv.beta["prices"], iv.beta_se["prices"]
@@ -127,9 +191,7 @@ def exercise1_pyblp(product_data: pd.DataFrame) -> dict:
 
     out: dict = {}
     ols_data = with_instruments(product_data, "prices")
-    ols = pyblp.Problem(pyblp.Formulation("1 + mushy + prices"), ols_data).solve(
-        method="1s", se_type="robust"
-    )
+    ols = pyblp.Problem(pyblp.Formulation("1 + mushy + prices"), ols_data).solve(method="1s", se_type="robust")
     out["ex1.ols.price"], out["ex1.ols.price_se"] = _pyblp_beta(ols, "prices")
 
     fe = pyblp.Problem(absorbed, ols_data).solve(method="1s", se_type="robust")
@@ -155,10 +217,114 @@ def _pyblp_beta(results, name: str) -> tuple[float, float]:
     return float(results.beta[k, 0]), float(results.beta_se[k, 0])
 
 
+# --- exercise 2: mixed logit ------------------------------------------------------------------------------
+#: Exercise 2.2: X2 = mushy, σ fixed at 0, π (mushy × log income) starts at 1; instruments DI0, DI1.
+EX2_SIMPLE = dict(nonlinear=("mushy",), instruments=("DI0", "DI1"), sigma=[[0.0]], pi=[[1.0]])
+#: Exercise 2.5: X2 = mushy + prices, Σ = diag(0, 1), Π = (0.2, 1)'; instruments DI0–DI3.
+EX2_FULL = dict(
+    nonlinear=("mushy", "prices"),
+    instruments=("DI0", "DI1", "DI2", "DI3"),
+    sigma=np.diag([0.0, 1.0]),
+    pi=[[0.2], [1.0]],
+)
+#: ``--check-pyblp`` compares these keys absolutely (the just-identified objective is ≈ 0).
+ABSOLUTE_KEYS = {"ex2.full.objective"}
+
+
+def _ex2_inputs(data_dir: Path, spec: dict):
+    """Product data with ``spec``'s instruments, agent data with one node column per X2 characteristic."""
+    products, agents = load_exercise2_data(data_dir)
+    k2 = len(spec["nonlinear"])
+    agents = agents.drop(columns=[f"nodes{k}" for k in range(k2, 3)])
+    return with_instruments(products, *spec["instruments"]), agents
+
+
+def exercise2(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -> dict:
+    """Exercise 2.2 and 2.5 (mixed logit) with blpjax."""
+    import blpjax
+
+    optimizer = blpjax.ScipyOptimizer("trust-constr", gtol=1e-8, xtol=1e-8)
+    out: dict = {}
+    results = {}
+    for name, spec in (("simple", EX2_SIMPLE), ("full", EX2_FULL)):
+        products, agents = _ex2_inputs(data_dir, spec)
+        problem = blpjax.Problem(
+            products,
+            linear=("prices",),
+            nonlinear=spec["nonlinear"],
+            absorb=FE,
+            agent_data=agents,
+            demographics=("log_income",),
+        )
+        bounds = pyblp_default_sigma_bounds(spec["sigma"])
+        results[name] = problem.solve(spec["sigma"], spec["pi"], method="1s", optimizer=optimizer, sigma_bounds=bounds)
+    simple, full = results["simple"], results["full"]
+    out["ex2.pi_mushy_income"] = float(np.asarray(simple.pi)[0, 0])
+    out["ex2.pi_mushy_income_se"] = float(np.asarray(simple.pi_se)[0, 0])
+    sigma, sigma_se = np.asarray(full.sigma), np.asarray(full.sigma_se)
+    pi, pi_se = np.asarray(full.pi), np.asarray(full.pi_se)
+    out["ex2.full.sigma_price"], out["ex2.full.sigma_price_se"] = float(sigma[1, 1]), float(sigma_se[1, 1])
+    out["ex2.full.pi_mushy_income"], out["ex2.full.pi_mushy_income_se"] = float(pi[0, 0]), float(pi_se[0, 0])
+    out["ex2.full.pi_price_income"], out["ex2.full.pi_price_income_se"] = float(pi[1, 0]), float(pi_se[1, 0])
+    out["ex2.full.price"], out["ex2.full.price_se"] = full.beta["prices"], full.beta_se["prices"]
+    out["ex2.full.objective"] = float(full.objective)
+    cf = full.counterfactual(counterfactual_prices(product_data), name="prices")
+    out["ex2.full.cf.pct_change"] = cf.loc[cf["market_ids"] == CF_MARKET, "pct_change"].to_numpy()
+    return out
+
+
+def exercise2_pyblp(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -> dict:
+    """Exercise 2.2 and 2.5 with PyBLP 1.3.0 (same agents, nodes, instruments, bounds and optimiser)."""
+    import pyblp
+
+    pyblp.options.verbose = False
+    optimization = pyblp.Optimization("trust-constr", {"gtol": 1e-8, "xtol": 1e-8})
+    results = {}
+    for name, spec in (("simple", EX2_SIMPLE), ("full", EX2_FULL)):
+        products, agents = _ex2_inputs(data_dir, spec)
+        problem = pyblp.Problem(
+            (
+                pyblp.Formulation("0 + prices", absorb="C(market_ids) + C(product_ids)"),
+                pyblp.Formulation("0 + " + " + ".join(spec["nonlinear"])),
+            ),
+            products,
+            pyblp.Formulation("0 + log_income"),
+            agents,
+        )
+        results[name] = problem.solve(
+            np.asarray(spec["sigma"], float),
+            np.asarray(spec["pi"], float),
+            sigma_bounds=pyblp_default_sigma_bounds(spec["sigma"]),
+            method="1s",
+            optimization=optimization,
+        )
+    simple, full = results["simple"], results["full"]
+    out: dict = {
+        "ex2.pi_mushy_income": float(simple.pi[0, 0]),
+        "ex2.pi_mushy_income_se": float(simple.pi_se[0, 0]),
+        "ex2.full.sigma_price": float(full.sigma[1, 1]),
+        "ex2.full.sigma_price_se": float(full.sigma_se[1, 1]),
+        "ex2.full.pi_mushy_income": float(full.pi[0, 0]),
+        "ex2.full.pi_mushy_income_se": float(full.pi_se[0, 0]),
+        "ex2.full.pi_price_income": float(full.pi[1, 0]),
+        "ex2.full.pi_price_income_se": float(full.pi_se[1, 0]),
+    }
+    out["ex2.full.price"], out["ex2.full.price_se"] = _pyblp_beta(full, "prices")
+    out["ex2.full.objective"] = float(np.asarray(full.objective).item())
+    in_market = (product_data["market_ids"] == CF_MARKET).to_numpy()
+    shares = product_data["shares"].to_numpy()[in_market]
+    new_shares = full.compute_shares(prices=counterfactual_prices(product_data)).ravel()[in_market]
+    out["ex2.full.cf.pct_change"] = 100 * (new_shares / shares - 1)
+    return out
+
+
 # --- driver -----------------------------------------------------------------------------------------------
-#: exercise name → (blpjax implementation, PyBLP implementation); each maps product data to flat results.
-EXERCISES: dict[str, tuple[Callable[[pd.DataFrame], dict], Callable[[pd.DataFrame], dict]]] = {
-    "ex1": (exercise1, exercise1_pyblp),
+#: exercise name → (blpjax implementation, PyBLP implementation); each maps (product data, data folder) to
+#: flat results.
+Exercise = Callable[[pd.DataFrame, Path], dict]
+EXERCISES: dict[str, tuple[Exercise, Exercise]] = {
+    "ex1": (lambda products, _: exercise1(products), lambda products, _: exercise1_pyblp(products)),
+    "ex2": (exercise2, exercise2_pyblp),
 }
 
 
@@ -167,14 +333,18 @@ def to_json(results: dict) -> dict:
     return {k: np.asarray(v, dtype=float).tolist() for k, v in results.items()}
 
 
-def max_relative_differences(ours: dict, reference: dict) -> dict[str, float]:
-    """Per key, max over elements of |ours − reference| / |reference| (keys of ``ours``)."""
+def max_relative_differences(ours: dict, reference: dict, absolute=ABSOLUTE_KEYS) -> dict[str, float]:
+    """Per key, max over elements of |ours − reference| / |reference| (keys of ``ours``).
+
+    Keys in ``absolute`` (values ≈ 0) get the absolute difference |ours − reference| instead.
+    """
     diffs = {}
     for key, value in ours.items():
         a, b = np.atleast_1d(np.asarray(value, float)), np.atleast_1d(np.asarray(reference[key], float))
         if a.shape != b.shape:
             raise ValueError(f"{key}: blpjax shape {a.shape} vs PyBLP shape {b.shape}.")
-        diffs[key] = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), np.finfo(float).tiny)))
+        scale = 1.0 if key in absolute else np.maximum(np.abs(b), np.finfo(float).tiny)
+        diffs[key] = float(np.max(np.abs(a - b) / scale))
     return diffs
 
 
@@ -207,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     product_data = load_product_data(args.data)
     results: dict = {}
     for name in args.exercises:
-        results.update(EXERCISES[name][0](product_data))
+        results.update(EXERCISES[name][0](product_data, args.data))
     text = json.dumps(to_json(results), indent=2)
     if args.out is None:
         print(text)
@@ -219,10 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     reference: dict = {}
     for name in args.exercises:
-        reference.update(EXERCISES[name][1](product_data))
+        reference.update(EXERCISES[name][1](product_data, args.data))
     diffs = max_relative_differences(results, reference)
     width = max(map(len, diffs))
-    print("max relative difference blpjax vs PyBLP:", file=sys.stderr)
+    print(f"max relative difference blpjax vs PyBLP (absolute for {sorted(ABSOLUTE_KEYS)}):", file=sys.stderr)
     for key, d in diffs.items():
         print(f"  {key:<{width}}  {d:.3e}{'  FAIL' if d > args.tol else ''}", file=sys.stderr)
     return int(max(diffs.values()) > args.tol)
