@@ -36,6 +36,9 @@ def _vmapped_cf(fn, x_new, x, delta, theta, market, ch):
     return jax.vmap(fn, in_axes=(0, 0, 0, None, 0, None))(x_new, x, delta, theta, market, ch)
 
 
+_consumer_surplus = jax.jit(jax.vmap(consumer_surplus, in_axes=(0, 0, None, 0, None)))
+
+
 class Results:
     """What :meth:`Problem.solve` returns: estimates, inference and post-estimation.
 
@@ -213,15 +216,20 @@ class Results:
         return self._flat(np.asarray(arr))
 
     def _long(self, arr, value_name: str) -> pd.DataFrame:
+        """(T, J, J) → tidy rows (market, product, other product, value), vectorised."""
         idx = self.problem.index
         arr = np.asarray(arr)
-        recs = []
-        for t, m in enumerate(idx.market_ids):
-            js = np.flatnonzero(idx.rows[t] >= 0)
-            for j in js:
-                for k in js:
-                    recs.append((m, idx.product_ids[t, j], idx.product_ids[t, k], arr[t, j, k]))
-        return pd.DataFrame(recs, columns=["market_ids", "product_ids", "other_product_ids", value_name])
+        real = idx.rows >= 0
+        pairs = real[:, :, None] & real[:, None, :]
+        t, j, k = np.nonzero(pairs)
+        return pd.DataFrame(
+            {
+                "market_ids": idx.market_ids[t],
+                "product_ids": idx.product_ids[t, j],
+                "other_product_ids": idx.product_ids[t, k],
+                value_name: arr[t, j, k],
+            }
+        )
 
     def compute_elasticities(self, name: str = "prices", layout: str = "long"):
         """∂log s_j/∂log x_k for every market.
@@ -313,7 +321,7 @@ class Results:
                     market.mask,
                     market.nest_ids,
                 )
-        cs = jax.jit(jax.vmap(consumer_surplus, in_axes=(0, 0, None, 0, None)))(x, delta, self.theta, market, ch)
+        cs = _consumer_surplus(x, delta, self.theta, market, ch)
         return pd.Series(
             np.asarray(cs), index=pd.Index(self.problem.index.market_ids, name="market_ids"), name="consumer_surplus"
         )
