@@ -39,6 +39,16 @@ class ProductIndex:
     nest_labels: tuple
     n_rows: int
 
+    def padded(self, values) -> np.ndarray:
+        """(N, ...) in the caller's row order → (T, J, ...), zero on padding."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape[:1] != (self.n_rows,):
+            raise BLPSpecificationError(f"expected one value per product row ({self.n_rows}), got shape {values.shape}.")
+        mask = self.rows >= 0
+        out = np.zeros(self.rows.shape + values.shape[1:])
+        out[mask] = values[self.rows[mask]]
+        return out
+
     def flat(self, values) -> np.ndarray:
         """(T, J, ...) → (N, ...) in the caller's original row order."""
         values = np.asarray(values)

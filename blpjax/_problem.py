@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax  # noqa: E402  (after the x64 switch in _config)
+import jax
 import jax.numpy as jnp
-import numpy as np
 import pandas as pd
 
 from ._config import check_x64
@@ -153,13 +152,8 @@ class Problem:
             if W.shape != (M, M):
                 raise BLPSpecificationError(f"W must be {M}×{M} (one row per instrument).")
         delta0 = self.logit_delta() if delta is None else jnp.asarray(delta)
-        if delta0.ndim == 1:
-            from ._data import _pad  # flat, original order → padded
-
-            rows = self.index.rows
-            mask = rows >= 0
-            t, j = np.nonzero(mask)
-            delta0 = jnp.asarray(_pad(np.asarray(delta0)[rows[mask]], t, j, *rows.shape))
+        if delta0.ndim == 1:  # flat, in product_data's row order
+            delta0 = jnp.asarray(self.index.padded(delta0))
         steps = estimate(
             spec,
             self.setup,

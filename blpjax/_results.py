@@ -274,14 +274,7 @@ class Results:
         return self._flat(s)
 
     def _padded(self, values) -> jnp.ndarray:
-        rows = self.problem.index.rows
-        values = np.asarray(values, dtype=np.float64)
-        if values.shape != (self.problem.N,):
-            raise BLPSpecificationError(f"values must have one entry per product row ({self.problem.N}).")
-        out = np.zeros(rows.shape)
-        mask = rows >= 0
-        out[mask] = values[rows[mask]]
-        return jnp.asarray(out)
+        return jnp.asarray(self.problem.index.padded(values))
 
     def counterfactual(self, values, name: str = "prices") -> pd.DataFrame:
         """A tidy table of shares before/after setting ``name`` to ``values`` (row order)."""
