@@ -17,6 +17,10 @@ from ._implicit import solve_delta_unrolled as solve_delta_unrolled
 from ._integration import Integration as Integration
 from ._markets import Agents as Agents
 from ._markets import Products as Products
+from ._micro_data import MicroDataset as MicroDataset
+from ._micro_data import MicroMarket as MicroMarket
+from ._micro_data import MicroMoment as MicroMoment
+from ._micro_data import MicroPart as MicroPart
 from ._optimize import OptaxOptimizer as OptaxOptimizer
 from ._optimize import ScipyOptimizer as ScipyOptimizer
 from ._problem import Problem as Problem
@@ -33,6 +37,10 @@ __all__ = [
     "ContractionConfig",
     "Integration",
     "Market",
+    "MicroDataset",
+    "MicroMarket",
+    "MicroMoment",
+    "MicroPart",
     "OptaxOptimizer",
     "Problem",
     "Products",

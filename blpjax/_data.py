@@ -43,7 +43,9 @@ class ProductIndex:
         """(N, ...) in the caller's row order → (T, J, ...), zero on padding."""
         values = np.asarray(values, dtype=np.float64)
         if values.shape[:1] != (self.n_rows,):
-            raise BLPSpecificationError(f"expected one value per product row ({self.n_rows}), got shape {values.shape}.")
+            raise BLPSpecificationError(
+                f"expected one value per product row ({self.n_rows}), got shape {values.shape}."
+            )
         mask = self.rows >= 0
         out = np.zeros(self.rows.shape + values.shape[1:])
         out[mask] = values[self.rows[mask]]
@@ -259,6 +261,26 @@ def build_products(
     return products, index
 
 
+def agent_positions(agent_data: pd.DataFrame, index: ProductIndex) -> tuple[np.ndarray, np.ndarray]:
+    """(market position t, agent position i within the market) of every agent_data row."""
+    t_of = {m: t for t, m in enumerate(index.market_ids.tolist())}
+    t_codes = agent_data["market_ids"].map(t_of).to_numpy()
+    i_index = agent_data.groupby(t_codes, sort=False).cumcount().to_numpy()
+    return t_codes, i_index
+
+
+def padded_agent_columns(agent_data: pd.DataFrame, index: ProductIndex, I: int) -> dict[str, np.ndarray]:
+    """Every numeric agent_data column as a (T, I) array (0 on padding), for micro-moment functions."""
+    df = agent_data.reset_index(drop=True)
+    t_codes, i_index = agent_positions(df, index)
+    T = len(index.market_ids)
+    out = {}
+    for c in df.columns:
+        if c != "market_ids" and pd.api.types.is_numeric_dtype(df[c]):
+            out[str(c)] = _pad(df[c].to_numpy(np.float64), t_codes, i_index, T, I)
+    return out
+
+
 def build_agents(
     agent_data: pd.DataFrame | None,
     index: ProductIndex,
@@ -309,9 +331,7 @@ def build_agents(
         raise BLPDataError(f"agent_data has market(s) with no products: {sorted(map(str, extra))[:5]}.")
     if missing:
         raise BLPDataError(f"market(s) {sorted(map(str, missing))[:5]} have products but no agents in agent_data.")
-    t_of = {m: t for t, m in enumerate(index.market_ids.tolist())}
-    t_codes = df["market_ids"].map(t_of).to_numpy()
-    i_index = df.groupby(t_codes, sort=False).cumcount().to_numpy()
+    t_codes, i_index = agent_positions(df, index)
     I = int(i_index.max()) + 1
     demo = np.column_stack([_numeric(df, c, frame) for c in demographics]) if D else np.zeros((len(df), 0))
     if integration is None:

@@ -28,6 +28,8 @@ from ._gmm import (
     symmetric_inverse,
 )
 from ._markets import Products
+from ._micro import MicroSetup, micro_moments
+from ._micro import moment_covariances as micro_moment_covariances
 from ._objective import Setup, deltas_at_solution, objective, structural_errors
 from ._optimize import OptaxOptimizer, ScipyOptimizer, optax_minimize, scipy_minimize
 from ._params import ParameterSpec
@@ -58,55 +60,89 @@ class StepResult(eqx.Module):
     optimizer_message: str = eqx.field(static=True)
     seconds: float = eqx.field(static=True)
     delta0: Float[Array, "T J"] | None = None
+    micro_values: Float[Array, " MM"] | None = None
+    micro_covariances: Float[Array, "MM MM"] | None = None
 
 
-def _post_step(x, delta, g_delta, spec, setup, conc, X1_raw, cluster_ids, n_clusters, se_type, W_type, step, config):
+def _post_step(
+    x, delta, g_delta, spec, setup, conc, X1_raw, cluster_ids, n_clusters, se_type, W_type, step, config, micro=None
+):
     """Statistics of a step at its estimate x with converged δ (jitted once per problem)."""
     beta = conc.B @ g_delta
     xi = structural_errors(delta, setup, beta)
     fe = jnp.where(setup.mask, delta - X1_raw @ beta - xi, 0.0)
     moments = conc.C @ g_delta
+    M = setup.Z.shape[-1]
 
-    def g_delta_of(x_):
-        d = deltas_at_solution(spec.unpack(x_), setup, delta)
-        return instrument_moments(setup.Z, d, setup.mask, setup.N)
+    def stacked_moments(x_):
+        theta = spec.unpack(x_)
+        d = deltas_at_solution(theta, setup, delta)
+        g = instrument_moments(setup.Z, d, setup.mask, setup.N)
+        if micro is not None:
+            g = jnp.concatenate([g, micro_moments(theta, setup.market, d, micro)])
+        return g
 
-    G_theta = jax.jacfwd(g_delta_of)(x) if spec.P else jnp.zeros((setup.Z.shape[-1], 0))
-    G = jnp.concatenate([G_theta, -setup.ZX], axis=1)
+    MW = M + (micro.MM if micro is not None else 0)
+    G_theta = jax.jacfwd(stacked_moments)(x) if spec.P else jnp.zeros((MW, 0))
+    ZX = setup.ZX if micro is None else jnp.concatenate([setup.ZX, jnp.zeros((micro.MM, setup.ZX.shape[1]))])
+    G = jnp.concatenate([G_theta, -ZX], axis=1)
     S_w = moment_covariances(xi, setup.Z, setup.mask, setup.N, W_type, cluster_ids, n_clusters)
+    S = (
+        S_w
+        if se_type == W_type
+        else moment_covariances(xi, setup.Z, setup.mask, setup.N, se_type, cluster_ids, n_clusters)
+    )
+    micro_values = micro_cov = None
+    if micro is not None:
+        theta = spec.unpack(x)
+        micro_values = micro.observed - micro_moments(theta, setup.market, delta, micro)
+        micro_cov = micro_moment_covariances(theta, setup.market, delta, micro)
+        moments = jnp.concatenate([moments, micro.observed - micro_values])
+        S_w = jax.scipy.linalg.block_diag(S_w, setup.N * micro_cov)
+        S = jax.scipy.linalg.block_diag(S, setup.N * micro_cov)
     updated_W = symmetric_inverse(S_w)
-    S = S_w if se_type == W_type else moment_covariances(xi, setup.Z, setup.mask, setup.N, se_type, cluster_ids, n_clusters)
     W_cov = conc.W
     if se_type == "unadjusted" and step == 1:
         W_cov = symmetric_inverse(S)
     cov = parameter_covariances(G, W_cov, S, robust=se_type != "unadjusted")
     se = jnp.sqrt(jnp.diag(cov) / setup.N)
-    return dict(beta=beta, xi=xi, fe=fe, moments=moments, G=G, cov=cov, se=se, updated_W=updated_W)
+    return dict(
+        beta=beta,
+        xi=xi,
+        fe=fe,
+        moments=moments,
+        G=G,
+        cov=cov,
+        se=se,
+        updated_W=updated_W,
+        micro_values=micro_values,
+        micro_covariances=micro_cov,
+    )
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def objective_hessian(spec, config, x, delta0, conc, setup):
+def objective_hessian(spec, config, x, delta0, conc, setup, micro=None):
     """The exact Hessian of q(θ) (forward over reverse through the implicit δ(θ))."""
-    return jax.hessian(lambda y: _value(spec, config, y, delta0, conc, setup)[0])(x)
+    return jax.hessian(lambda y: _value(spec, config, y, delta0, conc, setup, micro)[0])(x)
 
 
 # Module-level programs: compiled once per (parameter structure, configuration), reused across
 # solves; data travel as arguments (never baked into the program as constants).
-def _value(spec, config, x, d0, conc, setup):
-    return objective(spec.unpack(x), setup, conc, d0, config)
+def _value(spec, config, x, d0, conc, setup, micro=None):
+    return objective(spec.unpack(x), setup, conc, d0, config, micro)
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _value_and_grad(spec, config, x, d0, conc, setup):
-    (q, ev), g = jax.value_and_grad(_value, argnums=2, has_aux=True)(spec, config, x, d0, conc, setup)
+def _value_and_grad(spec, config, x, d0, conc, setup, micro=None):
+    (q, ev), g = jax.value_and_grad(_value, argnums=2, has_aux=True)(spec, config, x, d0, conc, setup, micro)
     return q, g, ev
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
-def _optax_run(spec, config, optimizer, x, d0, conc, setup):
+def _optax_run(spec, config, optimizer, x, d0, conc, setup, micro=None):
     return optax_minimize(
-        lambda y, d: _value_and_grad(spec, config, y, d, conc, setup),
-        lambda y, d: _value(spec, config, y, d, conc, setup)[0],
+        lambda y, d: _value_and_grad(spec, config, y, d, conc, setup, micro),
+        lambda y, d: _value(spec, config, y, d, conc, setup, micro)[0],
         x,
         d0,
         spec.lower,
@@ -123,7 +159,7 @@ def estimate(
     setup: Setup,
     products: Products,
     *,
-    W: Array,
+    W: Array | None,
     steps: int,
     se_type: str,
     W_type: str,
@@ -131,20 +167,39 @@ def estimate(
     config: ContractionConfig,
     delta0: Array,
     x0: np.ndarray | None = None,
+    micro: MicroSetup | None = None,
+    initial_W: Array | None = None,
 ) -> list[StepResult]:
-    """Run ``steps`` GMM steps from ``x0`` (default: the starting values in ``spec``)."""
+    """Run ``steps`` GMM steps from ``x0`` (default: the starting values in ``spec``).
+
+    With micro moments and no ``W``, an initial update (as PyBLP) evaluates everything at the
+    starting values with ``initial_W`` (the 2SLS matrix) for the product block and uses the
+    inverse of the resulting moment covariances as W for the first step.
+    """
     if se_type not in SE_TYPES or W_type not in SE_TYPES:
         raise BLPSpecificationError(f"se_type and W_type must be one of {SE_TYPES}.")
     x = np.asarray(spec.x0 if x0 is None else x0, np.float64)
+    post_args = (products.X1, products.cluster_ids, products.n_clusters, se_type, W_type)
+
+    if W is None:
+        MM = micro.MM if micro is not None else 0
+        W_D = jnp.asarray(initial_W)
+        W = jax.scipy.linalg.block_diag(W_D, jnp.zeros((MM, MM)))
+        if micro is not None:
+            conc = Concentration.build(setup.ZX, W)
+            _, _, ev = _value_and_grad(spec, config, jnp.asarray(x), delta0, conc, setup, micro)
+            out = _post(jnp.asarray(x), ev.delta, ev.g_delta, spec, setup, conc, *post_args, 0, config, micro)
+            W = out["updated_W"]
+            delta0 = ev.delta
 
     results: list[StepResult] = []
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
-        conc = Concentration.build(setup.ZX, W, setup.N)
+        conc = Concentration.build(setup.ZX, W)
         if spec.P:
             if isinstance(optimizer, ScipyOptimizer):
                 res = scipy_minimize(
-                    lambda x_, d0, conc=conc: _value_and_grad(spec, config, x_, d0, conc, setup),
+                    lambda x_, d0, conc=conc: _value_and_grad(spec, config, x_, d0, conc, setup, micro),
                     x,
                     delta0,
                     spec.lower,
@@ -154,7 +209,7 @@ def estimate(
                 x_hat = res.x
                 info = (res.success, res.iterations, res.evaluations, res.message)
             else:
-                res = _optax_run(spec, config, optimizer, jnp.asarray(x), delta0, conc, setup)
+                res = _optax_run(spec, config, optimizer, jnp.asarray(x), delta0, conc, setup, micro)
                 x_hat = np.asarray(res.x)
                 info = (bool(res.success), int(res.iterations), int(res.evaluations), "optax")
         else:
@@ -162,17 +217,35 @@ def estimate(
             info = (True, 0, 1, "no nonlinear parameters: closed form")
         # evaluated from the step's δ₀ (not the optimiser's last δ), so the contraction statistics are
         # those of a cold start at the estimate, comparable to PyBLP's
-        q, gradient, ev = _value_and_grad(spec, config, jnp.asarray(x_hat), delta0, conc, setup)
-        out = _post(
-            jnp.asarray(x_hat), ev.delta, ev.g_delta, spec, setup, conc, products.X1, products.cluster_ids,
-            products.n_clusters, se_type, W_type, step, config,
-        )
+        q, gradient, ev = _value_and_grad(spec, config, jnp.asarray(x_hat), delta0, conc, setup, micro)
+        out = _post(jnp.asarray(x_hat), ev.delta, ev.g_delta, spec, setup, conc, *post_args, step, config, micro)
         out = jax.tree_util.tree_map(lambda a: a.block_until_ready(), out)
         results.append(
             StepResult(
-                step, jnp.asarray(x_hat), out["beta"], q, gradient, ev.delta, out["xi"], out["fe"], W,
-                out["updated_W"], out["moments"], out["G"], out["cov"], out["se"], ev.evaluations, ev.status,
-                info[0], info[1], info[2], info[3], time.perf_counter() - t0, delta0,
+                step,
+                jnp.asarray(x_hat),
+                out["beta"],
+                q,
+                gradient,
+                ev.delta,
+                out["xi"],
+                out["fe"],
+                W,
+                out["updated_W"],
+                out["moments"],
+                out["G"],
+                out["cov"],
+                out["se"],
+                ev.evaluations,
+                ev.status,
+                info[0],
+                info[1],
+                info[2],
+                info[3],
+                time.perf_counter() - t0,
+                delta0,
+                out["micro_values"],
+                out["micro_covariances"],
             )
         )
         W = out["updated_W"]

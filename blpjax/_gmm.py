@@ -29,14 +29,16 @@ class Concentration(eqx.Module):
     C: Float[Array, "M M"]  # ḡ = C ḡ_δ
 
     @classmethod
-    def build(cls, ZX: Float[Array, "M K1"], W: Float[Array, "M M"], N: int) -> Concentration:
-        K1 = ZX.shape[1]
+    def build(cls, ZX: Float[Array, "M K1"], W: Float[Array, "MW MW"], N: int | None = None) -> Concentration:
+        """Maps for W; with micro moments W is larger than M×M and β uses its product block (as PyBLP)."""
+        M, K1 = ZX.shape
+        WD = W[:M, :M]
         if K1:
-            B = jnp.linalg.solve(ZX.T @ W @ ZX, ZX.T @ W)
-            C = jnp.eye(W.shape[0]) - ZX @ B
+            B = jnp.linalg.solve(ZX.T @ WD @ ZX, ZX.T @ WD)
+            C = jnp.eye(M) - ZX @ B
         else:
-            B = jnp.zeros((0, W.shape[0]))
-            C = jnp.eye(W.shape[0])
+            B = jnp.zeros((0, M))
+            C = jnp.eye(M)
         return cls(W, B, C)
 
 

@@ -19,6 +19,7 @@ from ._gmm import Concentration, instrument_moments
 from ._implicit import Market, Theta, delta_at_solution, solve_delta
 from ._logit import logit_delta
 from ._markets import Agents, Products
+from ._micro import MicroSetup, micro_moments
 
 
 class Setup(eqx.Module):
@@ -96,17 +97,30 @@ class Evaluation(eqx.Module):
     evaluations: Int[Array, " T"]
     status: Int[Array, " T"]
     g_delta: Float[Array, " M"]
+    g_micro: Float[Array, " MM"] | None = None
 
 
 def objective(
-    theta: Theta, setup: Setup, conc: Concentration, delta0: Float[Array, "T J"], config: ContractionConfig
+    theta: Theta,
+    setup: Setup,
+    conc: Concentration,
+    delta0: Float[Array, "T J"],
+    config: ContractionConfig,
+    micro: MicroSetup | None = None,
 ) -> tuple[Array, Evaluation]:
-    """q(θ) = N ḡ'Wḡ with β concentrated out, and the evaluation's by-products."""
+    """q(θ) = N ḡ'Wḡ with β concentrated out, and the evaluation's by-products.
+
+    With ``micro``, ḡ stacks the product moments and the micro moments observed − f(v(θ)).
+    """
     fp = solve_deltas(theta, setup, delta0, config)
     g_delta = instrument_moments(setup.Z, fp.x, setup.mask, setup.N)
     g = conc.C @ g_delta  # residualise first: ḡ'Qḡ_δ would lose the small q to cancellation
+    g_micro = None
+    if micro is not None:
+        g_micro = micro_moments(theta, setup.market, fp.x, micro)
+        g = jnp.concatenate([g, g_micro])
     q = setup.N * g @ conc.W @ g
-    return q, Evaluation(fp.x, fp.evaluations, fp.status, g_delta)
+    return q, Evaluation(fp.x, fp.evaluations, fp.status, g_delta, g_micro)
 
 
 def structural_errors(delta, setup: Setup, beta) -> Float[Array, "T J"]:

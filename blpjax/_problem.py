@@ -16,6 +16,7 @@ from ._estimate import estimate
 from ._gmm import symmetric_inverse
 from ._integration import Integration
 from ._logit import logit_delta
+from ._micro_data import MicroMoment, build_micro, market_views
 from ._objective import Setup
 from ._optimize import OptaxOptimizer, ScipyOptimizer
 from ._params import build_parameters
@@ -70,6 +71,18 @@ class Problem:
         self.products, self.index = build_products(product_data, self.linear, self.nonlinear, self.absorb)
         self.agents = build_agents(agent_data, self.index, len(self.nonlinear), self.demographics, integration)
         self.setup = Setup.build(self.products, self.agents)
+        self.agent_data = agent_data
+        self._views = None
+
+    def micro_market_views(self):
+        """Every market as the :class:`MicroMarket` that micro weights/values functions receive (batched)."""
+        if self._views is None:
+            self._views = market_views(self.products, self.agents, self.index, self.product_data, self.agent_data)
+        return self._views
+
+    def build_micro(self, micro_moments: Sequence[MicroMoment]):
+        """Validate micro moments and evaluate their weights and values once."""
+        return build_micro(micro_moments, self.micro_market_views(), self.index)
 
     @property
     def N(self) -> int:
@@ -103,6 +116,7 @@ class Problem:
         pi_bounds=None,
         rho_bounds=None,
         delta=None,
+        micro_moments: Sequence[MicroMoment] | None = None,
     ) -> Results:
         """Estimate by one-step (``"1s"``) or two-step (``"2s"``) GMM.
 
@@ -116,6 +130,8 @@ class Problem:
             contraction: default ``ContractionConfig()`` (SQUAREM, tol 1e-14).
             sigma_bounds, pi_bounds, rho_bounds: ``(lower, upper)`` like the parameters.
             delta: starting mean utilities (default: the logit inversion).
+            micro_moments: :class:`MicroMoment` s stacked with the product moments. Without ``W``, an
+                initial update at the starting values sets W (as PyBLP).
 
         Raises:
             BLPSpecificationError: inconsistent parameters, too few moments, bad options.
@@ -139,18 +155,23 @@ class Problem:
             list(self.index.nest_labels),
         )
         K1, M = len(self.linear), self.setup.Z.shape[-1]
-        if M < K1 + spec.P:
+        micro, micro_labels = (None, None) if not micro_moments else self.build_micro(micro_moments)
+        MM = micro.MM if micro is not None else 0
+        if M + MM < K1 + spec.P:
             raise BLPSpecificationError(
                 f"too few moments: {M} instruments (exogenous X1 columns + demand_instruments) for {K1} linear and "
                 f"{spec.P} nonlinear parameters. Add excluded instruments (demand_instruments*)."
             )
+        Z = self.setup.Z.reshape(-1, M)
+        W_2sls = symmetric_inverse(Z.T @ Z / self.N)
         if W is None:
-            Z = self.setup.Z.reshape(-1, M)
-            W = symmetric_inverse(Z.T @ Z / self.N)
+            W = None if micro is not None else W_2sls
         else:
             W = jnp.asarray(W, dtype=jnp.float64)
-            if W.shape != (M, M):
-                raise BLPSpecificationError(f"W must be {M}×{M} (one row per instrument).")
+            if W.shape != (M + MM, M + MM):
+                raise BLPSpecificationError(
+                    f"W must be {M + MM}×{M + MM} (one row per instrument, then one per micro moment)."
+                )
         delta0 = self.logit_delta() if delta is None else jnp.asarray(delta)
         if delta0.ndim == 1:  # flat, in product_data's row order
             delta0 = jnp.asarray(self.index.padded(delta0))
@@ -165,5 +186,7 @@ class Problem:
             optimizer=optimizer or ScipyOptimizer(),
             config=contraction or ContractionConfig(),
             delta0=delta0,
+            micro=micro,
+            initial_W=W_2sls,
         )
-        return Results(self, spec, steps, contraction or ContractionConfig())
+        return Results(self, spec, steps, contraction or ContractionConfig(), micro, micro_labels)

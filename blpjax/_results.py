@@ -22,6 +22,8 @@ from ._post import (
 if TYPE_CHECKING:
     from ._contraction import ContractionConfig
     from ._estimate import StepResult
+    from ._micro import MicroSetup
+    from ._micro_data import MicroLabels
     from ._params import ParameterSpec
     from ._problem import Problem
 
@@ -47,8 +49,17 @@ class Results:
         objective: q = N ḡ'Wḡ at the estimate.
     """
 
-    def __init__(self, problem: Problem, spec: ParameterSpec, steps: list[StepResult], config: ContractionConfig):
+    def __init__(
+        self,
+        problem: Problem,
+        spec: ParameterSpec,
+        steps: list[StepResult],
+        config: ContractionConfig,
+        micro: MicroSetup | None = None,
+        micro_labels: MicroLabels | None = None,
+    ):
         self.problem, self.spec, self.steps, self.config = problem, spec, steps, config
+        self.micro, self.micro_labels = micro, micro_labels
         self.final = steps[-1]
         self.theta = spec.unpack(self.final.theta)
         self._hessian: np.ndarray | None = None
@@ -149,14 +160,31 @@ class Results:
             from ._gmm import Concentration
 
             p = self.problem
-            conc = Concentration.build(p.setup.ZX, self.final.W, p.N)
-            H = objective_hessian(self.spec, self.config, self.final.theta, self.final.delta, conc, p.setup)
+            conc = Concentration.build(p.setup.ZX, self.final.W)
+            H = objective_hessian(self.spec, self.config, self.final.theta, self.final.delta, conc, p.setup, self.micro)
             self._hessian = np.asarray(H)
         return self._hessian
 
     @property
     def hessian_eigenvalues(self) -> np.ndarray:
         return np.linalg.eigvalsh(self.hessian) if self.spec.P else np.zeros(0)
+
+    @property
+    def micro_values(self) -> pd.DataFrame:
+        """Micro moments at the estimate: observed value, model value f(v(θ̂)) and their difference."""
+        if self.micro is None:
+            return pd.DataFrame(columns=["observed", "estimated", "difference"])
+        observed = np.asarray(self.micro.observed)
+        estimated = np.asarray(self.final.micro_values)
+        return pd.DataFrame(
+            {"observed": observed, "estimated": estimated, "difference": observed - estimated},
+            index=pd.Index(self.micro_labels.moments, name="micro moment"),
+        )
+
+    @property
+    def micro_covariances(self) -> np.ndarray:
+        """Estimated covariance matrix of the micro moments (the micro block of S is N times this)."""
+        return np.zeros((0, 0)) if self.micro is None else np.asarray(self.final.micro_covariances)
 
     @property
     def W(self) -> np.ndarray:
@@ -190,6 +218,8 @@ class Results:
                 f"max |gradient| {np.max(np.abs(self.gradient)):.3g}  Hessian eigenvalues {np.array2string(self.hessian_eigenvalues, precision=4)}"
             )
         lines.append(self.parameters.to_string(float_format=lambda v: f"{v: .6g}"))
+        if self.micro is not None:
+            lines.append(self.micro_values.to_string(float_format=lambda v: f"{v: .6g}"))
         return "\n".join(lines)
 
     def __repr__(self) -> str:

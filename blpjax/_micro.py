@@ -1,0 +1,204 @@
+"""Micro moments (Conlon & Gortmaker 2025) as pure functions of (θ, δ): the numerical core.
+
+A micro dataset d gives survey weights w_dijt; a part p of it gives values v_pijt of the same
+shape; the model analogue of the part is
+
+    v_p(θ) = Σ_t Σ_i w_it Σ_j s_ijt w_dijt v_pijt / Σ_t Σ_i w_it Σ_j s_ijt w_dijt,
+
+pooled over the dataset's markets, and a micro moment is ḡ_m = observed_m − f_m(v) for a smooth f
+(a ratio, a covariance, ...). Shapes of w_dijt per market (outside good first wherever it appears):
+
+- ``(I, J)`` / ``(I, 1+J)``: first choices, without / with the outside good;
+- ``(I, J, J)``, ``(I, 1+J, J)``, ``(I, J, 1+J)``, ``(I, 1+J, 1+J)``: first choice j (axis 1) and
+  second choice k (axis 2). The probability of (j, k) is s_ik(−j) − s_ik, the rise in k's
+  choice probability when j leaves the choice set (= s_ij s_ik(−j) in the logit; recomputed
+  exactly with j removed under RCNL), as in PyBLP.
+
+Weights and values do not depend on θ: they are evaluated once (:mod:`._micro_data`) and
+travel here as arrays. Everything θ-dependent is a JAX function of (θ, δ(θ)), so the total
+derivative dv/dθ, including dδ/dθ through the implicit contraction, comes from autodiff:
+per market the cost is linear in I·J (second-choice datasets excepted, whose weights are
+I·J·J by definition); no J×J×I tensor of ∂s_ij/∂δ_k is formed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from ._implicit import Market, Theta, market_mu
+from ._shares import choice
+
+
+class DatasetArrays(eqx.Module):
+    """One micro dataset's θ-independent arrays, over the T_d markets it covers.
+
+    Attributes:
+        markets: positions of the dataset's markets in the problem's market axis.
+        weights: survey weights w_dijt, ``(T_d, I, A)`` or ``(T_d, I, A, B)``.
+        values: the values v_pijt of the dataset's parts, stacked: ``(P_d, T_d, I, A[, B])``.
+        outside_first: axis 1 includes the outside good (A = 1 + J).
+        second: weights have a second-choice axis.
+        outside_second: the second-choice axis includes the outside good (B = 1 + J).
+        observations: N_d, the number of survey observations.
+    """
+
+    markets: Int[Array, " Td"]
+    weights: Array
+    values: Array
+    outside_first: bool = eqx.field(static=True)
+    second: bool = eqx.field(static=True)
+    outside_second: bool = eqx.field(static=True)
+    observations: int = eqx.field(static=True)
+
+
+class MicroSetup(eqx.Module):
+    """Everything the objective needs to evaluate micro moments.
+
+    Attributes:
+        datasets: one :class:`DatasetArrays` per dataset.
+        parts: for each part (global order), ``(dataset position, position within the dataset)``.
+        moments: for each moment, the global positions of its parts.
+        functions: for each moment, f mapping the vector of its parts' values to a scalar.
+        observed: observed values of the moments.
+    """
+
+    datasets: tuple[DatasetArrays, ...]
+    observed: Float[Array, " MM"]
+    parts: tuple[tuple[int, int], ...] = eqx.field(static=True)
+    moments: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+    functions: tuple[Callable, ...] = eqx.field(static=True)
+
+    @property
+    def MM(self) -> int:
+        return len(self.moments)
+
+
+def _exp_masked(log_p, keep):
+    return jnp.where(keep, jnp.exp(jnp.where(keep, log_p, 0.0)), 0.0)
+
+
+def choice_probabilities(
+    delta: Float[Array, " J"],
+    theta: Theta,
+    market: Market,
+    outside_first: bool,
+    second: bool,
+    outside_second: bool,
+) -> Array:
+    """Per-agent probabilities of the choices a dataset observes, shaped like its weights.
+
+    First choices: s_ij (with s_i0 in column 0 when ``outside_first``). Second choices: the
+    probability of first choice j then second choice k, s_ik(−j) − s_ik (0 when k = j).
+    """
+    mask = market.mask
+    mu_ = market_mu(theta, market)
+    rho = theta.rho if theta.nested else None
+    log_p, lse = choice(delta, mu_, mask, market.nest_ids, rho)
+    P = _exp_masked(log_p, mask[None, :])  # (I, J)
+    P0 = jnp.exp(-lse)  # (I,)
+    Pf = jnp.concatenate([P0[:, None], P], axis=1)  # (I, 1+J), outside first
+    if not second:
+        return Pf if outside_first else P
+    J = delta.shape[0]
+    if not theta.nested:
+        # s_ik(-j) - s_ik = s_ij s_ik / (1 - s_ij) over the full choice set {0} ∪ J
+        log_pf = jnp.concatenate([-lse[:, None], jnp.where(mask[None, :], log_p, -jnp.inf)], axis=1)
+        one_minus = -jnp.expm1(jnp.minimum(log_pf, 0.0))
+        D = Pf[:, :, None] * Pf[:, None, :] / jnp.where(one_minus > 0, one_minus, 1.0)[:, :, None]
+    else:
+
+        def eliminated(j):
+            keep = mask & (jnp.arange(J) != j)
+            lp, ls = choice(delta, mu_, keep, market.nest_ids, rho)
+            return jnp.concatenate([jnp.exp(-ls)[:, None], _exp_masked(lp, keep[None, :])], axis=1)
+
+        after = jax.vmap(eliminated)(jnp.arange(J))  # (J, I, 1+J): choice probabilities with j removed
+        inside_rows = jnp.moveaxis(after - Pf[None], 0, 1)  # (I, J, 1+J)
+        # removing the outside good (its own nest) scales every inside probability by 1/(1 - s_i0)
+        outside_row = P * (P0 / jnp.maximum(1.0 - P0, 1e-300))[:, None]
+        outside_row = jnp.concatenate([jnp.zeros_like(P0)[:, None], outside_row], axis=1)
+        D = jnp.concatenate([outside_row[:, None, :], inside_rows], axis=1)
+        D = jnp.where(D > 0, D, 0.0)  # rounding below zero, as PyBLP truncates
+        D = D * jnp.concatenate([jnp.ones(1, bool), mask])[None, :, None]
+    D = D * (1.0 - jnp.eye(J + 1))[None]
+    rows = slice(0, None) if outside_first else slice(1, None)
+    cols = slice(0, None) if outside_second else slice(1, None)
+    return D[:, rows, cols]
+
+
+def _dataset_terms(delta, theta, market, weights, values, ds: DatasetArrays, second_moments: bool):
+    """One market's Σ ω (denominator), Σ ω v_p (numerators) and optionally Σ ω v_p v_q."""
+    probs = choice_probabilities(delta, theta, market, ds.outside_first, ds.second, ds.outside_second)
+    agent_w = market.weights.reshape(market.weights.shape + (1,) * (probs.ndim - 1))
+    omega = agent_w * weights * probs
+    axes = tuple(range(omega.ndim))
+    den = jnp.sum(omega)
+    num = jnp.sum(omega[None] * values, axis=tuple(a + 1 for a in axes))
+    if not second_moments:
+        return num, den, None
+    flat_v = values.reshape(values.shape[0], -1)
+    second = (flat_v * omega.reshape(-1)[None]) @ flat_v.T
+    return num, den, second
+
+
+def _dataset_sums(theta: Theta, market_batch: Market, deltas, ds: DatasetArrays, second_moments: bool):
+    market = jax.tree_util.tree_map(lambda a: a[ds.markets], market_batch)
+    delta = deltas[ds.markets]
+    num, den, second = jax.vmap(
+        lambda d, m, w, v: _dataset_terms(d, theta, m, w, v, ds, second_moments),
+        in_axes=(0, 0, 0, 1),
+    )(delta, market, ds.weights, ds.values)
+    return jnp.sum(num, axis=0), jnp.sum(den), None if second is None else jnp.sum(second, axis=0)
+
+
+def part_values(theta: Theta, market_batch: Market, deltas: Float[Array, "T J"], micro: MicroSetup):
+    """Model analogues v_p(θ) of every part, pooled over each dataset's markets."""
+    by_dataset = []
+    for ds in micro.datasets:
+        num, den, _ = _dataset_sums(theta, market_batch, deltas, ds, False)
+        by_dataset.append(num / den)
+    return jnp.stack([by_dataset[d][k] for d, k in micro.parts])
+
+
+def moment_values(v: Float[Array, " PM"], micro: MicroSetup) -> Float[Array, " MM"]:
+    """f_m(v) for every moment."""
+    return jnp.stack(
+        [
+            jnp.asarray(f(v[jnp.asarray(idx)]), v.dtype).reshape(())
+            for idx, f in zip(micro.moments, micro.functions, strict=True)
+        ]
+    )
+
+
+def micro_moments(theta: Theta, market_batch: Market, deltas, micro: MicroSetup) -> Float[Array, " MM"]:
+    """ḡ_M = observed − f(v(θ)), PyBLP's sign convention."""
+    return micro.observed - moment_values(part_values(theta, market_batch, deltas, micro), micro)
+
+
+def part_covariances(theta: Theta, market_batch: Market, deltas, micro: MicroSetup) -> Float[Array, "PM PM"]:
+    """Cov(v_p, v_q)/N_d for parts of the same dataset (0 across datasets)."""
+    PM = len(micro.parts)
+    cov = jnp.zeros((PM, PM))
+    for d, ds in enumerate(micro.datasets):
+        num, den, second = _dataset_sums(theta, market_batch, deltas, ds, True)
+        v = num / den
+        block = (second / den - jnp.outer(v, v)) / ds.observations
+        idx = [g for g, (dd, _) in enumerate(micro.parts) if dd == d]
+        local = [micro.parts[g][1] for g in idx]
+        cov = cov.at[jnp.ix_(jnp.asarray(idx), jnp.asarray(idx))].set(
+            block[jnp.ix_(jnp.asarray(local), jnp.asarray(local))]
+        )
+    return cov
+
+
+def moment_covariances(theta: Theta, market_batch: Market, deltas, micro: MicroSetup) -> Float[Array, "MM MM"]:
+    """Cov(f(v)) by the delta method, with ∂f/∂v from autodiff (users never write it)."""
+    v = part_values(theta, market_batch, deltas, micro)
+    F = jax.jacfwd(lambda v_: moment_values(v_, micro))(v)
+    cov = F @ part_covariances(theta, market_batch, deltas, micro) @ F.T
+    return (cov + cov.T) / 2
