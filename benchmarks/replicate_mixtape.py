@@ -228,7 +228,7 @@ EX2_FULL = dict(
     pi=[[0.2], [1.0]],
 )
 #: ``--check-pyblp`` compares these keys absolutely (the just-identified objective is ≈ 0).
-ABSOLUTE_KEYS = {"ex2.full.objective"}
+ABSOLUTE_KEYS = {"ex2.full.objective", "ex3.full.objective"}
 
 
 def _ex2_inputs(data_dir: Path, spec: dict):
@@ -318,6 +318,226 @@ def exercise2_pyblp(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -
     return out
 
 
+# --- exercise 3: micro moments ----------------------------------------------------------------------------
+#: The two imaginary surveys of cereal buyers (j ≠ 0) sample these markets.
+EX3_MARKETS = ("C01Q1", "C01Q2")
+#: Observed statistics: E[log income | j ≠ 0] (income survey, N = 100); P(k = 0 | j ≠ 0), P(mushy_j and
+#: mushy_k | j ≠ 0) and, for the nesting supplemental, P(firm_j = firm_k | j ≠ 0) (diversion survey, N = 200).
+EX3_VALUES = {"income": 7.9, "outside": 0.28, "mushy": 0.31, "firm": 0.35}
+EX3_X2 = ("1", "mushy", "prices")
+EX3_INSTRUMENTS = ("DI0", "DI1", "DI2", "DI3")
+#: Exercise 3.1: σ_prices and π on 1, mushy, prices × log income (π_1 identified by the income moment).
+EX3_INCOME = dict(sigma=np.diag([0.0, 0.0, 6.0]), pi=[[1.0], [0.1], [-6.0]], moments=("income",))
+#: Exercise 3.2: add both diversion moments and free σ_1, σ_mushy.
+EX3_FULL = dict(sigma=np.diag([1.0, 1.0, 6.0]), pi=[[-0.3], [0.1], [-6.0]], moments=("income", "outside", "mushy"))
+#: Market-size supplemental: (a) σ_1 = 0 with income + mushy moments; (b) the same with market size doubled;
+#: (c) size doubled, σ_1 free with all three moments.
+EX3_SIZE = {
+    "a": dict(sigma=np.diag([0.0, 4.0, 6.0]), pi=EX3_FULL["pi"], moments=("income", "mushy"), size=1.0),
+    "b": dict(sigma=np.diag([0.0, 4.0, 6.0]), pi=EX3_FULL["pi"], moments=("income", "mushy"), size=2.0),
+    "c": dict(sigma=np.diag([2.0, 4.0, 6.0]), pi=EX3_FULL["pi"], moments=("income", "outside", "mushy"), size=2.0),
+}
+#: Nesting supplemental: nests = firms, ρ from 0.1 in [0, 0.99], plus the same-firm diversion moment.
+EX3_RCNL = dict(EX3_FULL, moments=("income", "outside", "mushy", "firm"), rho=0.1)
+
+
+def _ex3_inputs(data_dir: Path, size: float = 1.0, nested: bool = False):
+    products, agents = load_exercise2_data(data_dir)
+    products = with_instruments(products, *EX3_INSTRUMENTS)
+    products["shares"] = products["shares"] / size
+    products["firm_code"] = pd.factorize(products["firm_ids"])[0].astype(float)
+    if nested:
+        products["nesting_ids"] = products["firm_ids"]
+    return products, agents
+
+
+def ex3_micro_moments(names=("income", "outside", "mushy", "firm")):
+    """The Exercise 3 micro moments in blpjax (survey weights and values are JAX functions of one market)."""
+    import jax.numpy as jnp
+
+    import blpjax
+
+    income = blpjax.MicroDataset("income survey", 100, lambda m: jnp.ones((m.I, m.J)), EX3_MARKETS)
+    diversion = blpjax.MicroDataset("diversion survey", 200, lambda m: jnp.ones((m.I, m.J, 1 + m.J)), EX3_MARKETS)
+
+    def pairs(x):  # x_j · x_k for first choice j (inside) and second choice k (outside first, x_0 = 0)
+        return lambda m: jnp.broadcast_to(x(m)[:, None] * jnp.r_[0.0, x(m)][None, :], (m.I, m.J, 1 + m.J))
+
+    def same_firm(m):
+        f = m.products["firm_code"]
+        same = (f[:, None] == f[None, :]).astype(float)
+        return jnp.broadcast_to(jnp.concatenate([jnp.zeros((m.J, 1)), same], axis=1), (m.I, m.J, 1 + m.J))
+
+    parts = {
+        "income": blpjax.MicroPart(
+            "E[log income | j > 0]", income, lambda m: jnp.outer(m.agents["log_income"], jnp.ones(m.J))
+        ),
+        "outside": blpjax.MicroPart(
+            "P(k = 0 | j > 0)", diversion, lambda m: jnp.zeros((m.I, m.J, 1 + m.J)).at[:, :, 0].set(1.0)
+        ),
+        "mushy": blpjax.MicroPart("P(mushy_j, mushy_k | j > 0)", diversion, pairs(lambda m: m.products["mushy"])),
+        "firm": blpjax.MicroPart("P(firm_j = firm_k | j > 0)", diversion, same_firm),
+    }
+    return [blpjax.MicroMoment(parts[n].name, EX3_VALUES[n], parts[n]) for n in names]
+
+
+def ex3_micro_moments_pyblp(product_data: pd.DataFrame, names=("income", "outside", "mushy", "firm")):
+    """The same micro moments in PyBLP."""
+    import pyblp
+
+    by_market = {t: g for t, g in product_data.groupby("market_ids")}
+    income = pyblp.MicroDataset(
+        "income survey", 100, lambda t, p, a: np.ones((a.size, p.size)), market_ids=list(EX3_MARKETS)
+    )
+    diversion = pyblp.MicroDataset(
+        "diversion survey", 200, lambda t, p, a: np.ones((a.size, p.size, 1 + p.size)), market_ids=list(EX3_MARKETS)
+    )
+
+    def outside(t, p, a):
+        v = np.zeros((a.size, p.size, 1 + p.size))
+        v[:, :, 0] = 1
+        return v
+
+    def pairs(column):
+        def values(t, p, a):
+            x = by_market[t][column].to_numpy(float)
+            if column == "firm_code":
+                pair = np.c_[np.zeros(p.size), (x[:, None] == x[None, :]).astype(float)]
+            else:
+                pair = x[:, None] * np.r_[0, x][None, :]
+            return np.broadcast_to(pair, (a.size, p.size, 1 + p.size)).copy()
+
+        return values
+
+    parts = {
+        "income": pyblp.MicroPart(
+            "E[log income | j > 0]", income, lambda t, p, a: np.outer(a.demographics[:, 0], np.ones(p.size))
+        ),
+        "outside": pyblp.MicroPart("P(k = 0 | j > 0)", diversion, outside),
+        "mushy": pyblp.MicroPart("P(mushy_j, mushy_k | j > 0)", diversion, pairs("mushy")),
+        "firm": pyblp.MicroPart("P(firm_j = firm_k | j > 0)", diversion, pairs("firm_code")),
+    }
+    return [pyblp.MicroMoment(parts[n].name, EX3_VALUES[n], parts[n]) for n in names]
+
+
+def _outside_pct(cf: pd.DataFrame, market=CF_MARKET) -> float:
+    m = cf[cf["market_ids"] == market]
+    return float(100 * ((1 - m["new_shares"].sum()) / (1 - m["shares"].sum()) - 1))
+
+
+def _ex3_keys(out: dict, prefix: str, sigma, sigma_se, pi, pi_se, price, price_se):
+    for k, name in enumerate(EX3_X2):
+        label = "price" if name == "prices" else name
+        out[f"{prefix}.sigma_{label}"], out[f"{prefix}.sigma_{label}_se"] = float(sigma[k, k]), float(sigma_se[k, k])
+        out[f"{prefix}.pi_{label}_income"], out[f"{prefix}.pi_{label}_income_se"] = float(pi[k, 0]), float(pi_se[k, 0])
+    out[f"{prefix}.price"], out[f"{prefix}.price_se"] = float(price), float(price_se)
+
+
+def exercise3(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -> dict:
+    """Exercise 3.1, 3.2, the market-size and nesting supplementals with blpjax."""
+    import blpjax
+
+    optimizer = blpjax.ScipyOptimizer("trust-constr", gtol=1e-8, xtol=1e-8)
+
+    def solve(spec, size=1.0, nested=False):
+        products, agents = _ex3_inputs(data_dir, size, nested)
+        problem = blpjax.Problem(
+            products, linear=("prices",), nonlinear=EX3_X2, absorb=FE, agent_data=agents, demographics=("log_income",)
+        )
+        kwargs = dict(rho=spec["rho"], rho_bounds=(0.0, 0.99)) if nested else {}
+        return problem.solve(
+            spec["sigma"],
+            spec["pi"],
+            method="1s",
+            optimizer=optimizer,
+            sigma_bounds=pyblp_default_sigma_bounds(spec["sigma"]),
+            micro_moments=ex3_micro_moments(spec["moments"]),
+            **kwargs,
+        )
+
+    out: dict = {}
+    income = solve(EX3_INCOME)
+    out["ex3.income.pi_1_income"] = float(income.pi[0, 0])
+    out["ex3.income.pi_1_income_se"] = float(income.pi_se[0, 0])
+    full = solve(EX3_FULL)
+    _ex3_keys(
+        out, "ex3.full", full.sigma, full.sigma_se, full.pi, full.pi_se, full.beta["prices"], full.beta_se["prices"]
+    )
+    out["ex3.full.objective"] = float(full.objective)
+    out["ex3.full.micro_values"] = full.micro_values["estimated"].to_numpy()
+    cf = full.counterfactual(counterfactual_prices(product_data), name="prices")
+    out["ex3.full.cf.pct_change"] = cf.loc[cf["market_ids"] == CF_MARKET, "pct_change"].to_numpy()
+    outside = []
+    for spec in EX3_SIZE.values():
+        res = solve(spec, spec["size"])
+        outside.append(_outside_pct(res.counterfactual(counterfactual_prices(product_data), name="prices")))
+    out["ex3.size.outside_pct"] = outside
+    rcnl = solve(EX3_RCNL, nested=True)
+    out["ex3.rcnl.rho"], out["ex3.rcnl.rho_se"] = float(rcnl.rho[0]), float(rcnl.rho_se[0])
+    return out
+
+
+def exercise3_pyblp(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -> dict:
+    """The same with PyBLP 1.3.0 (same agents, nodes, instruments, bounds, optimiser and micro moments)."""
+    import pyblp
+
+    pyblp.options.verbose = False
+    optimization = pyblp.Optimization("trust-constr", {"gtol": 1e-8, "xtol": 1e-8})
+
+    def solve(spec, size=1.0, nested=False):
+        products, agents = _ex3_inputs(data_dir, size, nested)
+        problem = pyblp.Problem(
+            (
+                pyblp.Formulation("0 + prices", absorb="C(market_ids) + C(product_ids)"),
+                pyblp.Formulation("1 + mushy + prices"),
+            ),
+            products,
+            pyblp.Formulation("0 + log_income"),
+            agents,
+        )
+        kwargs = dict(rho=spec["rho"], rho_bounds=(0.0, 0.99)) if nested else {}
+        return problem.solve(
+            np.asarray(spec["sigma"], float),
+            np.asarray(spec["pi"], float),
+            sigma_bounds=pyblp_default_sigma_bounds(spec["sigma"]),
+            method="1s",
+            optimization=optimization,
+            iteration=pyblp.Iteration("squarem", {"atol": 1e-14}),
+            micro_moments=ex3_micro_moments_pyblp(products, spec["moments"]),
+            **kwargs,
+        ), products
+
+    def cf_shares(results, products):
+        in_market = (products["market_ids"] == CF_MARKET).to_numpy()
+        shares = products["shares"].to_numpy()[in_market]
+        new = results.compute_shares(prices=counterfactual_prices(products)).ravel()[in_market]
+        return shares, new
+
+    out: dict = {}
+    income, _ = solve(EX3_INCOME)
+    out["ex3.income.pi_1_income"] = float(income.pi[0, 0])
+    out["ex3.income.pi_1_income_se"] = float(income.pi_se[0, 0])
+    full, products = solve(EX3_FULL)
+    price, price_se = _pyblp_beta(full, "prices")
+    _ex3_keys(out, "ex3.full", full.sigma, full.sigma_se, full.pi, full.pi_se, price, price_se)
+    out["ex3.full.objective"] = float(np.asarray(full.objective).item())
+    out["ex3.full.micro_values"] = np.asarray(full.micro_values).ravel()
+    shares, new = cf_shares(full, products)
+    out["ex3.full.cf.pct_change"] = 100 * (new / shares - 1)
+    outside = []
+    for spec in EX3_SIZE.values():
+        res, products = solve(spec, spec["size"])
+        shares, new = cf_shares(res, products)
+        outside.append(float(100 * ((1 - new.sum()) / (1 - shares.sum()) - 1)))
+    out["ex3.size.outside_pct"] = outside
+    rcnl, _ = solve(EX3_RCNL, nested=True)
+    out["ex3.rcnl.rho"], out["ex3.rcnl.rho_se"] = (
+        float(np.asarray(rcnl.rho).ravel()[0]),
+        float(np.asarray(rcnl.rho_se).ravel()[0]),
+    )
+    return out
+
+
 # --- driver -----------------------------------------------------------------------------------------------
 #: exercise name → (blpjax implementation, PyBLP implementation); each maps (product data, data folder) to
 #: flat results.
@@ -325,6 +545,7 @@ Exercise = Callable[[pd.DataFrame, Path], dict]
 EXERCISES: dict[str, tuple[Exercise, Exercise]] = {
     "ex1": (lambda products, _: exercise1(products), lambda products, _: exercise1_pyblp(products)),
     "ex2": (exercise2, exercise2_pyblp),
+    "ex3": (exercise3, exercise3_pyblp),
 }
 
 
