@@ -264,10 +264,77 @@ def mixtape_ex2_case() -> Case | None:
     )
 
 
+def mixtape_ex3_case() -> Case | None:
+    """Exercise 3.2: three micro moments (buyers' mean log income, second choices) stacked with four IVs."""
+    import pyblp
+
+    import blpjax
+
+    if not ((MIXTAPE_DATA / "products.csv").exists() and (MIXTAPE_DATA / "demographics.csv").exists()):
+        print(f"mixtape_ex3: skipped, course data not found in {MIXTAPE_DATA} (products.csv, demographics.csv).")
+        return None
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from replicate_mixtape import EX3_FULL, _ex3_inputs, ex3_micro_moments, ex3_micro_moments_pyblp
+
+    products, agents = _ex3_inputs(MIXTAPE_DATA)
+    sigma, pi = EX3_FULL["sigma"], np.asarray(EX3_FULL["pi"], float)
+    sigma_bounds = pyblp_default_sigma_bounds(sigma)
+    names = EX3_FULL["moments"]
+
+    def pyblp_problem():
+        return pyblp.Problem(
+            (
+                pyblp.Formulation("0 + prices", absorb="C(market_ids) + C(product_ids)"),
+                pyblp.Formulation("1 + mushy + prices"),
+            ),
+            products,
+            pyblp.Formulation("0 + log_income"),
+            agents,
+        )
+
+    def blpjax_problem():
+        return blpjax.Problem(
+            products,
+            linear=("prices",),
+            nonlinear=("1", "mushy", "prices"),
+            absorb=("market_ids", "product_ids"),
+            agent_data=agents,
+            demographics=("log_income",),
+        )
+
+    return Case(
+        "mixtape_ex3",
+        "Mixtape Sessions BLP Exercise 3.2: X1 = prices (market and product FE absorbed), X2 = 1 + mushy + prices, "
+        "log income interactions, 94 markets x 1000 agents, 4 excluded instruments + 3 micro moments (mean log "
+        "income of buyers; second choices: outside good, mushy to mushy) in 2 markets, initial update then 1-step "
+        "GMM, trust-constr gtol = xtol = 1e-8, PyBLP's default bounds",
+        pyblp_problem,
+        dict(
+            sigma=sigma,
+            pi=pi,
+            sigma_bounds=sigma_bounds,
+            method="1s",
+            optimization=pyblp.Optimization("trust-constr", {"gtol": 1e-8, "xtol": 1e-8}),
+            micro_moments=ex3_micro_moments_pyblp(products, names),
+        ),
+        blpjax_problem,
+        dict(
+            sigma=sigma,
+            pi=pi,
+            sigma_bounds=sigma_bounds,
+            method="1s",
+            optimizer=blpjax.ScipyOptimizer("trust-constr", gtol=1e-8, xtol=1e-8),
+            micro_moments=ex3_micro_moments(names),
+        ),
+        dict(method="1s", optimizer="trust-constr", gtol=1e-8, xtol=1e-8, micro_moments=list(names)),
+    )
+
+
 CASES: dict[str, Callable[[], Case | None]] = {
     "nevo": nevo_case,
     "blp": blp_case,
     "mixtape_ex2": mixtape_ex2_case,
+    "mixtape_ex3": mixtape_ex3_case,
 }
 
 
