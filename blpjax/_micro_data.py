@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
 from ._data import ProductIndex, padded_agent_columns
 from ._errors import BLPSpecificationError
@@ -38,6 +38,8 @@ class MicroMarket(eqx.Module):
         nodes: ``(I, K2)``; weights: agent integration weights ``(I,)``.
         mask: True for real products (padding is harmless: padded products have zero probability
             and padded agents zero weight).
+        t: the market's position on the problem's market axis (lets a function look up per-market
+            arrays, e.g. agent scores for optimal micro moments).
         J, I: padded numbers of products and agents (the shapes to return).
     """
 
@@ -49,6 +51,7 @@ class MicroMarket(eqx.Module):
     nodes: Float[Array, "I K2"]
     weights: Float[Array, " I"]
     mask: Bool[Array, " J"]
+    t: Int[Array, ""]
     J: int = eqx.field(static=True)
     I: int = eqx.field(static=True)
 
@@ -152,6 +155,7 @@ def market_views(
         agents.nodes,
         agents.weights,
         products.mask,
+        jnp.arange(products.T),
         products.J,
         I,
     )
