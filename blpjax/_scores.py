@@ -1,0 +1,639 @@
+"""Optimal micro moments (Conlon & Gortmaker 2025): scores of micro data, agent scores, simulation.
+
+A micro dataset d samples observations n = (market t_n, first choice j_n[, second choice k_n])
+with probability
+
+    P_n = Σ_{i∈I_n} w_i s_{i j_n t_n} w_{d i j_n t_n} / Σ_{t∈T_d} Σ_i w_it Σ_j s_ijt w_dijt,
+
+where the rows i ∈ I_n (weights w_i, nodes ν_i, the observation's demographics) integrate its
+unobserved heterogeneity and the denominator runs over the problem's agents in the dataset's
+markets. The score of an observation is S_n = ∂ log P_n/∂θ, a total derivative through δ(θ)
+(implicit function theorem, :func:`._objective.deltas_at_solution`). The mean score of the
+observed micro data is the observed value of the *optimal* micro moment for each parameter; its
+model analogue averages the *agent scores* (every agent of the problem and every choice treated
+as an observation) with the dataset's weights: at θ̂ that average is exactly zero when each agent
+is its own observation, which is the information equality E[S] = 0 in the sample.
+
+Numerical core (pure JAX): :class:`Observations` holds padded groups of rows (padded rows have
+zero weight and are inert); :func:`score_terms` returns the numerators Σ_i w_i s_i w_di, the
+denominator, and their derivatives, by forward-mode autodiff per observation over
+δ_t(x) = δ̂_t + (dδ_t/dx)(x − x̂), which carries the exact first derivative of δ(θ) (one J×J
+solve per market, computed once). Choice probabilities, second choices and RCNL come from
+:func:`._micro.choice_probabilities`, the function micro moments use.
+
+Front (pandas): :func:`micro_scores`, :func:`agent_scores`, :func:`simulate_micro_data`,
+:func:`optimal_micro_moments` (also :class:`Results` methods) and :func:`results_at`, a
+:class:`Results` at given parameters without optimising.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+from jaxtyping import Array, Float, Int
+
+from ._data import padded_agent_columns
+from ._errors import BLPDataError, BLPSpecificationError
+from ._implicit import Market
+from ._micro import choice_probabilities
+from ._micro_data import MicroDataset, MicroMarket, MicroMoment, MicroPart, _evaluate, _shape_error
+from ._objective import deltas_at_solution
+from ._optimize import OptaxOptimizer
+
+if TYPE_CHECKING:
+    from ._integration import Integration
+    from ._params import ParameterSpec
+    from ._problem import Problem
+    from ._results import Results
+
+_BATCH = 64  # observations per vectorised batch of the per-observation map
+
+
+# --------------------------------------------------------------------------------------------
+# Numerical core
+# --------------------------------------------------------------------------------------------
+class Observations(eqx.Module):
+    """N micro observations, each a group of R rows i ∈ I_n (padded rows have zero weight).
+
+    Attributes:
+        t: market positions t_n on the problem's market axis.
+        weights: integration weights w_i of the rows, 0 on padding.
+        nodes: unobserved tastes ν_i of the rows.
+        demographics: demographics of the rows (the problem's ``demographics`` order).
+        agents: columns the survey-weights function sees as ``m.agents`` (each ``(N, R)``).
+        first: position j_n on the weights' axis 1 (padded; −1 keeps every choice).
+        second: position k_n on the weights' axis 2 (second-choice datasets; else ignored).
+    """
+
+    t: Int[Array, " N"]
+    weights: Float[Array, "N R"]
+    nodes: Float[Array, "N R K2"]
+    demographics: Float[Array, "N R D"]
+    agents: dict[str, Float[Array, "N R"]]
+    first: Int[Array, " N"]
+    second: Int[Array, " N"]
+
+
+class Context(eqx.Module):
+    """θ̂, δ̂ and dδ/dx of every market, with the market data (batched over T).
+
+    Attributes:
+        x: the free parameters x̂.
+        delta: δ̂ (T, J), solving the share equations at x̂.
+        ddelta: dδ/dx (T, J, P) by the implicit function theorem.
+        market: the problem's :class:`._implicit.Market` (its agents), batched over T.
+        products: product columns for survey-weights functions, each (T, J).
+        X1: (T, J, K1) linear characteristics.
+    """
+
+    x: Float[Array, " P"]
+    delta: Float[Array, "T J"]
+    ddelta: Float[Array, "T J P"]
+    market: Market
+    products: dict[str, Float[Array, "T J"]]
+    X1: Float[Array, "T J K1"]
+
+
+def _take(tree, t):
+    return jax.tree_util.tree_map(lambda a: a[t], tree)
+
+
+def _delta_t(x, ctx: Context, t):
+    """δ_t(x) = δ̂_t + (dδ_t/dx)(x − x̂): exact value and first derivative at x̂."""
+    return ctx.delta[t] + ctx.ddelta[t] @ (x - ctx.x)
+
+
+def _numerator(x, obs: Observations, ctx: Context, spec: ParameterSpec, weights_fn: Callable, flags, select: bool):
+    """Σ_{i∈I_n} w_i s_i(·) w_di(·) of one observation: the selected choice, or every choice."""
+    theta = spec.unpack(x)
+    t = obs.t
+    m = _take(ctx.market, t)
+    market = Market(m.X2, obs.nodes, obs.demographics, obs.weights, m.log_shares, m.mask, m.nest_ids)
+    view = _view(obs, ctx)
+    probs = choice_probabilities(_delta_t(x, ctx, t), theta, market, *flags)
+    real = obs.weights > 0
+    shape = (-1,) + (1,) * (probs.ndim - 1)
+    survey = jnp.where(real.reshape(shape), weights_fn(view), 0.0)  # padded rows: inert even if fn gives NaN
+    contrib = jnp.sum(obs.weights.reshape(shape) * survey * probs, axis=0)
+    if not select:
+        return contrib
+    if probs.ndim == 3:
+        return contrib[obs.first, obs.second]
+    return contrib[obs.first]
+
+
+def _denominator(x, ctx: Context, markets, survey, spec: ParameterSpec, flags):
+    """Σ_{t∈T_d} Σ_i w_it Σ_j s_ijt w_dijt over the problem's agents."""
+    theta = spec.unpack(x)
+
+    def one(t, w):
+        m = _take(ctx.market, t)
+        probs = choice_probabilities(_delta_t(x, ctx, t), theta, m, *flags)
+        agent_w = m.weights.reshape((-1,) + (1,) * (probs.ndim - 1))
+        return jnp.sum(agent_w * w * probs)
+
+    return jnp.sum(jax.vmap(one)(markets, survey))
+
+
+def _value_and_jacobian(f, x):
+    def both(y):
+        v = f(y)
+        return v, v
+
+    jac, value = jax.jacfwd(both, has_aux=True)(x)
+    return value, jac
+
+
+@partial(jax.jit, static_argnames=("spec", "weights_fn", "flags", "select"))
+def score_terms(
+    obs: Observations,
+    ctx: Context,
+    markets: Int[Array, " Td"],
+    survey: Array,
+    *,
+    spec: ParameterSpec,
+    weights_fn: Callable,
+    flags: tuple[bool, bool, bool],
+    select: bool,
+):
+    """Numerators, denominator and their derivatives with respect to the free parameters.
+
+    Args:
+        obs: the observations.
+        ctx: θ̂, δ̂, dδ/dx and the markets.
+        markets: positions of the dataset's markets.
+        survey: the dataset's weights on the problem's agents, ``(T_d, I, A[, B])``.
+        spec: the parameter structure.
+        weights_fn: the dataset's weights function (evaluated on each observation's rows).
+        flags: (outside_first, second, outside_second) of the dataset's weights.
+        select: keep only each observation's choice (else every choice).
+
+    Returns:
+        ``(num, dnum, den, dden)``: num ``(N,)`` or ``(N, A[, B])``, dnum with a trailing P axis,
+        den a scalar, dden ``(P,)``.
+    """
+    x = ctx.x
+    N = obs.t.shape[0]
+    padded = -N % _BATCH  # inert observations (zero weight) so that every batch has the same shape
+
+    def pad(a):
+        return jnp.concatenate([a, jnp.zeros((padded,) + a.shape[1:], a.dtype)])
+
+    obs = jax.tree_util.tree_map(pad, obs)
+
+    def one(o):
+        return _value_and_jacobian(lambda y: _numerator(y, o, ctx, spec, weights_fn, flags, select), x)
+
+    num, dnum = jax.lax.map(one, obs, batch_size=_BATCH)
+    num, dnum = num[:N], dnum[:N]
+    den, dden = _value_and_jacobian(lambda y: _denominator(y, ctx, markets, survey, spec, flags), x)
+    return num, dnum, den, dden
+
+
+def scores_from_terms(num, dnum, den, dden, missing=np.nan) -> np.ndarray:
+    """S = ∂num/num − ∂den/den (trailing axis P), ``missing`` where num = 0 (P_n = 0)."""
+    num, dnum = np.asarray(num), np.asarray(dnum)
+    positive = num > 0
+    safe = np.where(positive, num, 1.0)
+    S = dnum / safe[..., None] - np.asarray(dden) / float(den)
+    return np.where(positive[..., None], S, missing)
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _ddelta(spec: ParameterSpec, setup, x, delta):
+    return jax.jacfwd(lambda y: deltas_at_solution(spec.unpack(y), setup, delta))(x)
+
+
+@partial(jax.jit, static_argnums=(0, 4))
+def _weighted_probabilities(spec: ParameterSpec, ctx: Context, markets, survey, flags):
+    """w_it s_ijt w_dijt at θ̂ on the problem's agents, ``(T_d, I, A[, B])``."""
+    theta = spec.unpack(ctx.x)
+
+    def one(t, w):
+        m = _take(ctx.market, t)
+        probs = choice_probabilities(ctx.delta[t], theta, m, *flags)
+        agent_w = m.weights.reshape((-1,) + (1,) * (probs.ndim - 1))
+        return agent_w * w * probs
+
+    return jax.vmap(one)(markets, survey)
+
+
+def _view(obs: Observations, ctx: Context) -> MicroMarket:
+    """The :class:`MicroMarket` of one observation: its market's products, its rows as agents."""
+    t = obs.t
+    mask = ctx.market.mask[t]
+    return MicroMarket(
+        _take(ctx.products, t),
+        obs.agents,
+        ctx.X1[t],
+        ctx.market.X2[t],
+        obs.demographics,
+        obs.nodes,
+        obs.weights,
+        mask,
+        t,
+        mask.shape[0],
+        obs.weights.shape[0],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# pandas front
+# --------------------------------------------------------------------------------------------
+class _Dataset(NamedTuple):
+    markets: np.ndarray  # positions of the dataset's markets
+    survey: np.ndarray  # weights on the problem's agents, (T_d, I, A[, B])
+    flags: tuple[bool, bool, bool]
+
+
+def _resolve(problem: Problem, dataset: MicroDataset) -> _Dataset:
+    if not isinstance(dataset, MicroDataset):
+        raise BLPSpecificationError("dataset must be a blpjax.MicroDataset.")
+    position = {m: t for t, m in enumerate(problem.index.market_ids.tolist())}
+    if dataset.market_ids is None:
+        markets = np.arange(len(position))
+    else:
+        ids = [dataset.market_ids] if isinstance(dataset.market_ids, str) else list(dataset.market_ids)
+        unknown = [m for m in ids if m not in position]
+        if unknown:
+            raise BLPSpecificationError(f"micro dataset '{dataset.name}' names unknown market(s) {unknown[:5]}.")
+        markets = np.asarray([position[m] for m in ids])
+    views = problem.micro_market_views()
+    sub = jax.tree_util.tree_map(lambda a: a[markets], views)
+    survey = _evaluate(dataset.weights, sub, f"weights of micro dataset '{dataset.name}'")
+    if np.any(survey < 0):
+        raise BLPSpecificationError(f"weights of micro dataset '{dataset.name}' must be non-negative.")
+    J = views.J
+    flags = (survey.shape[2] == J + 1, survey.ndim == 4, survey.ndim == 4 and survey.shape[3] == J + 1)
+    return _Dataset(markets, survey, flags)
+
+
+def _context(results: Results) -> Context:
+    problem, spec = results.problem, results.spec
+    setup = problem.setup
+    x = jnp.asarray(results.final.theta, jnp.float64)
+    delta = results.final.delta
+    T, J = delta.shape
+    ddelta = _ddelta(spec, setup, x, delta) if spec.P else jnp.zeros((T, J, 0))
+    views = problem.micro_market_views()
+    return Context(x, delta, ddelta, setup.market, views.products, views.X1)
+
+
+def _nodes_columns(K2: int) -> list[str]:
+    return [f"nodes{k}" for k in range(K2)]
+
+
+def _check_choices(values: np.ndarray, t: np.ndarray, J_t: np.ndarray, outside: bool, column: str, frame: str):
+    if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+        raise BLPDataError(f"{frame} column '{column}' must hold integer choice indices.")
+    upper = J_t[t] + int(outside)
+    bad = (values < 0) | (values >= upper)
+    if np.any(bad):
+        k = int(np.flatnonzero(bad)[0])
+        what = "0 (outside good) to J_t" if outside else "0 to J_t − 1 (inside goods only)"
+        raise BLPDataError(
+            f"{frame} column '{column}' has index {int(values[k])} in a market with J_t={int(J_t[t[k]])} products; "
+            f"this dataset's weights {'include' if outside else 'exclude'} the outside good, so indices run {what}."
+        )
+
+
+def _numeric_columns(df: pd.DataFrame, skip=("market_ids",)) -> dict[str, np.ndarray]:
+    return {
+        str(c): df[c].to_numpy(np.float64)
+        for c in df.columns
+        if c not in skip and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+    }
+
+
+def _observed(problem: Problem, ds: _Dataset, dataset: MicroDataset, micro_data: pd.DataFrame, integration):
+    """Group micro_data rows into padded :class:`Observations` (and the observations' labels)."""
+    frame = "micro_data"
+    if not isinstance(micro_data, pd.DataFrame):
+        micro_data = pd.DataFrame(micro_data)
+    df = micro_data.reset_index(drop=True)
+    K2 = problem.products.X2.shape[-1]
+    required = ["market_ids", "choice_indices", *problem.demographics]
+    if ds.flags[1]:
+        required.append("second_choice_indices")
+    if integration is None:
+        required += ["micro_ids", "weights", *_nodes_columns(K2)]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        hint = " (or pass integration= to build weights and nodes for each row)" if integration is None else ""
+        raise BLPDataError(f"{frame} is missing column(s) {missing}{hint}.")
+    if df.empty:
+        raise BLPDataError(f"{frame} has no rows.")
+    position = {m: t for t, m in enumerate(problem.index.market_ids.tolist())}
+    t_rows = df["market_ids"].map(position)
+    if t_rows.isna().any():
+        raise BLPDataError(
+            f"{frame} has market_ids not in product_data: {list(df.loc[t_rows.isna(), 'market_ids'])[:5]}."
+        )
+    t_rows = t_rows.to_numpy(int)
+    outside_markets = sorted(set(t_rows.tolist()) - set(ds.markets.tolist()))
+    if outside_markets:
+        labels = [problem.index.market_ids[t] for t in outside_markets[:5]]
+        raise BLPDataError(f"{frame} has market_ids {labels} that micro dataset '{dataset.name}' does not cover.")
+    J_t = (problem.index.rows >= 0).sum(axis=1)
+    first = df["choice_indices"].to_numpy(np.float64)
+    _check_choices(first, t_rows, J_t, ds.flags[0], "choice_indices", frame)
+    second = np.zeros_like(first)
+    if ds.flags[1]:
+        second = df["second_choice_indices"].to_numpy(np.float64)
+        _check_choices(second, t_rows, J_t, ds.flags[2], "second_choice_indices", frame)
+    demographics = df[list(problem.demographics)].to_numpy(np.float64).reshape(len(df), -1)
+    columns = _numeric_columns(df)
+    if integration is None:
+        codes, labels = pd.factorize(df["micro_ids"], sort=False)
+        N = len(labels)
+        r = pd.Series(codes).groupby(codes).cumcount().to_numpy()
+        R = int(r.max()) + 1
+        keys = pd.DataFrame({"n": codes, "t": t_rows, "j": first, "k": second})
+        varying = keys.groupby("n")[["t", "j", "k"]].nunique().max(axis=1) > 1
+        if varying.any():
+            bad = labels[int(np.flatnonzero(varying.to_numpy())[0])]
+            raise BLPDataError(f"{frame}: micro id {bad!r} has rows with different market_ids or choices.")
+        w_rows = df["weights"].to_numpy(np.float64)
+        if np.any(~np.isfinite(w_rows)) or np.any(w_rows < 0):
+            raise BLPDataError(f"{frame} column 'weights' must be finite and non-negative.")
+        n_rows = df[_nodes_columns(K2)].to_numpy(np.float64).reshape(len(df), K2)
+
+        def pad(v):
+            out = np.zeros((N, R) + v.shape[1:])
+            out[codes, r] = v
+            return out
+
+        first_n = np.zeros(N, int)
+        first_n[codes] = first
+        second_n = np.zeros(N, int)
+        second_n[codes] = second
+        t_n = np.zeros(N, int)
+        t_n[codes] = t_rows
+        obs = Observations(
+            jnp.asarray(t_n),
+            jnp.asarray(pad(w_rows)),
+            jnp.asarray(pad(n_rows)),
+            jnp.asarray(pad(demographics)),
+            {k: jnp.asarray(pad(v)) for k, v in columns.items()},
+            jnp.asarray(first_n),
+            jnp.asarray(second_n),
+        )
+        return obs, pd.Index(labels, name="micro_ids")
+    built = [integration.build(K2, market=n) for n in range(len(df))]
+    obs = _integrated(t_rows, np.ones(len(df)), demographics, columns, built, first.astype(int), second.astype(int))
+    return obs, micro_data.index
+
+
+def _integrated(t, real, demographics, columns, built, first, second) -> Observations:
+    """Observations whose R rows repeat one agent's demographics over built integration nodes."""
+    N, R = len(t), max(w.shape[0] for _, w in built)
+    K2 = built[0][0].shape[1]
+    nodes = np.zeros((N, R, K2))
+    weights = np.zeros((N, R))
+    for n, (v, w) in enumerate(built):
+        nodes[n, : len(w)] = v
+        weights[n, : len(w)] = w * real[n]
+    cols = {k: np.repeat(v[:, None], R, axis=1) for k, v in columns.items()}
+    cols["weights"] = weights
+    for k in range(K2):
+        cols[f"nodes{k}"] = nodes[..., k]
+    return Observations(
+        jnp.asarray(t),
+        jnp.asarray(weights),
+        jnp.asarray(nodes),
+        jnp.asarray(np.repeat(demographics[:, None, :], R, axis=1)),
+        {k: jnp.asarray(v) for k, v in cols.items()},
+        jnp.asarray(first),
+        jnp.asarray(second),
+    )
+
+
+def _agents_as_observations(problem: Problem, ds: _Dataset, integration) -> Observations:
+    """Every agent of the problem in the dataset's markets as an observation (padded agents inert)."""
+    agents = problem.agents
+    I = agents.I
+    Td = len(ds.markets)
+    w = np.asarray(agents.weights)[ds.markets].reshape(Td * I)
+    real = (w > 0).astype(np.float64)
+    nodes = np.asarray(agents.nodes)[ds.markets].reshape(Td * I, -1)
+    demographics = np.asarray(agents.demographics)[ds.markets].reshape(Td * I, -1)
+    columns = {}
+    if problem.agent_data is not None:
+        padded = padded_agent_columns(problem.agent_data, problem.index, I)
+        columns = {k: v[ds.markets].reshape(Td * I) for k, v in padded.items()}
+    t = np.repeat(ds.markets, I)
+    zeros = np.zeros(Td * I, int)
+    if integration is not None:
+        K2 = nodes.shape[1]
+        built = [integration.build(K2, market=n) for n in range(Td * I)]
+        return _integrated(t, real, demographics, columns, built, zeros, zeros)
+    # each agent alone, with unit weight (scores do not depend on a constant scale of the numerator)
+    cols = {k: v[:, None] for k, v in columns.items()}
+    cols["weights"] = real[:, None]
+    return Observations(
+        jnp.asarray(t),
+        jnp.asarray(real[:, None]),
+        jnp.asarray(nodes[:, None, :]),
+        jnp.asarray(demographics[:, None, :]),
+        {k: jnp.asarray(v) for k, v in cols.items()},
+        jnp.asarray(zeros),
+        jnp.asarray(zeros),
+    )
+
+
+def _check_observation_weights(dataset: MicroDataset, obs: Observations, ctx: Context, per_market_shape):
+    """The weights function on one observation's rows must have the dataset's shape (R rows)."""
+    one = jax.tree_util.tree_map(lambda a: a[0], obs)
+    try:
+        out = jax.eval_shape(lambda o: dataset.weights(_view(o, ctx)), one)
+    except Exception as e:  # noqa: BLE001 - re-raised with a teaching message
+        raise BLPSpecificationError(
+            f"weights of micro dataset '{dataset.name}' failed on an observation's rows ({type(e).__name__}: {e}); "
+            "size arrays with m.I and m.J."
+        ) from e
+    R = one.weights.shape[0]
+    expected = (R,) + tuple(per_market_shape)
+    if tuple(out.shape) != expected:
+        msg = _shape_error(f"weights of micro dataset '{dataset.name}'", out.shape, R, ctx.delta.shape[1])
+        raise BLPSpecificationError(
+            msg
+            or f"weights of micro dataset '{dataset.name}' returned {tuple(out.shape)} for an observation with "
+            f"{R} rows; expected {expected}."
+        )
+
+
+def _terms(results: Results, dataset: MicroDataset, obs: Observations, ds: _Dataset, select: bool):
+    ctx = _context(results)
+    _check_observation_weights(dataset, obs, ctx, ds.survey.shape[2:])
+    return score_terms(
+        obs,
+        ctx,
+        jnp.asarray(ds.markets),
+        jnp.asarray(ds.survey),
+        spec=results.spec,
+        weights_fn=dataset.weights,
+        flags=ds.flags,
+        select=select,
+    )
+
+
+def micro_scores(
+    results: Results, dataset: MicroDataset, micro_data: pd.DataFrame, integration: Integration | None = None
+) -> pd.DataFrame:
+    """Scores S_n = ∂ log P_n/∂θ of observed micro data (total derivatives through δ(θ)).
+
+    Args:
+        results: estimates (θ̂, δ̂) at which scores are evaluated.
+        dataset: the :class:`MicroDataset` that sampled the observations; its ``weights`` function is
+            evaluated on each observation's rows (a :class:`MicroMarket` whose agents are those rows).
+        micro_data: ``market_ids``, ``choice_indices`` (0..J_t−1, or 0..J_t with 0 = outside good when
+            the dataset's weights have 1+J columns), ``second_choice_indices`` for second-choice
+            datasets, the problem's demographic columns, and either ``micro_ids`` + ``weights`` +
+            ``nodes0..`` (several rows per observation integrate its unobserved heterogeneity) or
+            ``integration``.
+        integration: builds nodes and weights for each row (then one observation per row; any
+            ``micro_ids``/``weights``/``nodes`` columns are ignored).
+
+    Returns:
+        One row per observation (in order of first appearance of ``micro_ids``, or micro_data's
+        rows), one column per parameter (``results.spec.labels``). NaN where P_n = 0: such an
+        observation cannot have been sampled by ``dataset`` (as PyBLP).
+
+    Raises:
+        BLPDataError: missing columns, unknown markets, choice indices out of range.
+    """
+    ds = _resolve(results.problem, dataset)
+    obs, index = _observed(results.problem, ds, dataset, micro_data, integration)
+    S = scores_from_terms(*_terms(results, dataset, obs, ds, select=True))
+    return pd.DataFrame(S, index=index, columns=list(results.spec.labels))
+
+
+def agent_scores(
+    results: Results, dataset: MicroDataset, integration: Integration | None = None
+) -> dict[str, np.ndarray]:
+    """Scores of every agent-choice of the problem in the dataset's markets, each treated as an observation.
+
+    Without ``integration`` each agent is its own observation (its nodes and demographics, one
+    row); with it, each agent keeps its demographics and its unobserved tastes are integrated
+    with the rule's nodes. The weights function sees a :class:`MicroMarket` of the observation's rows.
+
+    Returns:
+        ``{parameter label: array}``, each array shaped like the dataset's weights on the problem's
+        agents, ``(T_d, I, A[, B])``: axis 0 follows ``dataset.market_ids`` (all markets in the
+        problem's order by default), I and the choice axes are padded like :class:`MicroMarket`
+        (column 0 = outside good where the weights have one). Entries with P_n = 0 (padded agents
+        or products, zero survey weight) are 0, not NaN (PyBLP leaves NaN for the user to replace):
+        they get no weight in any micro moment, so the choice is immaterial.
+    """
+    ds = _resolve(results.problem, dataset)
+    obs = _agents_as_observations(results.problem, ds, integration)
+    S = scores_from_terms(*_terms(results, dataset, obs, ds, select=False), missing=0.0)
+    S = S.reshape(ds.survey.shape + (results.spec.P,))
+    return {label: S[..., p] for p, label in enumerate(results.spec.labels)}
+
+
+def simulate_micro_data(results: Results, dataset: MicroDataset, seed: int = 0) -> pd.DataFrame:
+    """Draw ``dataset.observations`` observations with probability ∝ w_it s_ijt w_dijt at θ̂.
+
+    Markets, agents (the problem's) and first choices are drawn jointly; for second-choice
+    datasets the pair (j, k) is drawn with the second-choice probabilities s_ik(−j) − s_ik.
+
+    Returns:
+        ``micro_ids`` (0..N−1), ``market_ids``, ``agent_indices`` (position within the market, in
+        agent_data's order), ``choice_indices`` (0..J_t−1, or 0..J_t with 0 = outside good),
+        ``second_choice_indices`` (second-choice datasets), then the agent's ``weights``,
+        ``nodes0..``, demographics and other numeric agent_data columns; it can be passed to
+        :func:`micro_scores` as it is (each observation integrated over its own agent).
+    """
+    problem = results.problem
+    ds = _resolve(problem, dataset)
+    ctx = _context(results)
+    omega = np.asarray(
+        _weighted_probabilities(results.spec, ctx, jnp.asarray(ds.markets), jnp.asarray(ds.survey), ds.flags)
+    )
+    total = omega.sum()
+    if not total > 0:
+        raise BLPSpecificationError(f"micro dataset '{dataset.name}' has zero probability of any observation.")
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(omega.size, size=int(dataset.observations), p=(omega / total).ravel())
+    idx = np.unravel_index(draws, omega.shape)
+    td, i = idx[0], idx[1]
+    t = ds.markets[td]
+    out = {
+        "micro_ids": np.arange(len(draws)),
+        "market_ids": problem.index.market_ids[t],
+        "agent_indices": i,
+        "choice_indices": idx[2],
+    }
+    if ds.flags[1]:
+        out["second_choice_indices"] = idx[3]
+    agents = problem.agents
+    columns = {}
+    if problem.agent_data is not None:
+        columns = {k: v[t, i] for k, v in padded_agent_columns(problem.agent_data, problem.index, agents.I).items()}
+    columns["weights"] = np.asarray(agents.weights)[t, i]
+    nodes = np.asarray(agents.nodes)[t, i]
+    for k in range(nodes.shape[1]):
+        columns[f"nodes{k}"] = nodes[:, k]
+    demographics = np.asarray(agents.demographics)[t, i]
+    for d, name in enumerate(problem.demographics):
+        columns[name] = demographics[:, d]
+    for k, v in columns.items():
+        if k not in out:
+            out[k] = v
+    return pd.DataFrame(out)
+
+
+def optimal_micro_moments(
+    results: Results, dataset: MicroDataset, micro_data: pd.DataFrame, integration: Integration | None = None
+) -> list[MicroMoment]:
+    """One optimal micro moment per parameter (Conlon & Gortmaker 2025): match the mean score.
+
+    Each moment's observed value is the mean observed score of ``micro_data``
+    (:func:`micro_scores`); its single part's values are the agent scores at θ̂
+    (:func:`agent_scores`, same ``integration``), looked up by the market position ``m.t``. The
+    parts are for the problem of ``results`` (its agents). Without ``integration``, their model
+    value at θ̂ is exactly zero (Σ w_i w_d ∂s = ∂D), which the mean observed score approaches as
+    the micro data grow if they were sampled at θ̂.
+
+    Raises:
+        BLPDataError: some observation has P_n = 0 under ``dataset`` (its score is undefined).
+    """
+    observed = micro_scores(results, dataset, micro_data, integration)
+    bad = observed.isna().any(axis=1)
+    if bad.any():
+        raise BLPDataError(
+            f"micro_data observations {list(observed.index[bad])[:5]} have probability 0 under micro dataset "
+            f"'{dataset.name}' (zero survey weight or choice probability), so their scores are undefined."
+        )
+    scores = agent_scores(results, dataset, integration)
+    markets = _resolve(results.problem, dataset).markets
+    T = results.problem.T
+    moments = []
+    for label, S in scores.items():
+        full = np.zeros((T,) + S.shape[1:])
+        full[markets] = S
+        table = jnp.asarray(full)
+        part = MicroPart(f"score[{label}]", dataset, lambda m, table=table: table[m.t])
+        moments.append(MicroMoment(f"score[{label}]", float(observed[label].mean()), part))
+    return moments
+
+
+def results_at(problem: Problem, sigma=None, pi=None, rho=None, **solve_options) -> Results:
+    """A :class:`Results` evaluated at given parameters, without optimising.
+
+    Runs :meth:`Problem.solve` (one step) with ``OptaxOptimizer(optax.set_to_zero(), max_steps=0)``,
+    whose loop never updates θ: δ, β, the moments and their statistics are evaluated at ``sigma``, ``pi``, ``rho``
+    (clipped to their bounds). ``results.converged`` is False (no optimality was checked).
+    """
+    return problem.solve(
+        sigma, pi, rho, method="1s", optimizer=OptaxOptimizer(optax.set_to_zero(), max_steps=0), **solve_options
+    )
