@@ -348,3 +348,28 @@ class Results:
         return pd.Series(
             np.asarray(cs), index=pd.Index(self.problem.index.market_ids, name="market_ids"), name="consumer_surplus"
         )
+
+    # --- optimal micro moments (Conlon & Gortmaker 2025; see blpjax._scores) ---------------
+    def compute_micro_scores(self, dataset, micro_data, integration=None) -> pd.DataFrame:
+        """Scores ∂log P_n/∂θ of observed micro data, one row per observation (:func:`._scores.micro_scores`)."""
+        from ._scores import micro_scores
+
+        return micro_scores(self, dataset, micro_data, integration)
+
+    def compute_agent_scores(self, dataset, integration=None) -> dict[str, np.ndarray]:
+        """Scores of every agent-choice, ``{label: (T_d, I, A[, B])}`` (:func:`._scores.agent_scores`)."""
+        from ._scores import agent_scores
+
+        return agent_scores(self, dataset, integration)
+
+    def simulate_micro_data(self, dataset, seed: int = 0) -> pd.DataFrame:
+        """Draw ``dataset.observations`` observations at the estimate (:func:`._scores.simulate_micro_data`)."""
+        from ._scores import simulate_micro_data
+
+        return simulate_micro_data(self, dataset, seed)
+
+    def optimal_micro_moments(self, dataset, micro_data, integration=None) -> list:
+        """One micro moment per parameter matching the mean score (:func:`._scores.optimal_micro_moments`)."""
+        from ._scores import optimal_micro_moments
+
+        return optimal_micro_moments(self, dataset, micro_data, integration)

@@ -20,7 +20,6 @@ from blpjax._micro import part_values
 from blpjax._scores import (
     agent_scores,
     micro_scores,
-    optimal_micro_moments,
     results_at,
     simulate_micro_data,
 )
@@ -257,9 +256,9 @@ def test_optimal_micro_moments_at_the_estimate(blp):
     ours_results, _ = blp
     ds, _ = _datasets("first")
     ds = blpjax.MicroDataset("first", 20_000, ds.weights, MARKETS)
-    sim = simulate_micro_data(ours_results, ds, seed=0)
-    S = micro_scores(ours_results, ds, sim)  # each observation integrated over its own sampled agent
-    A = agent_scores(ours_results, ds)
+    sim = ours_results.simulate_micro_data(ds, seed=0)  # the Results methods delegate to blpjax._scores
+    S = ours_results.compute_micro_scores(ds, sim)  # each observation integrated over its own sampled agent
+    A = ours_results.compute_agent_scores(ds)
     d = sim.market_ids.map({t: k for k, t in enumerate(MARKETS)}).to_numpy()
     for label in ours_results.spec.labels:
         np.testing.assert_allclose(
@@ -268,7 +267,7 @@ def test_optimal_micro_moments_at_the_estimate(blp):
     se = S.std(ddof=1) / np.sqrt(len(S))
     assert (S.mean().abs() < 5 * se).all(), (S.mean(), se)
 
-    moments = optimal_micro_moments(ours_results, ds, sim)
+    moments = ours_results.optimal_micro_moments(ds, sim)
     assert [m.name for m in moments] == [f"score[{label}]" for label in ours_results.spec.labels]
     np.testing.assert_allclose([m.value for m in moments], S.mean().to_numpy(), rtol=1e-12)
     micro, _ = ours_results.problem.build_micro(moments)
