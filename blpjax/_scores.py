@@ -7,7 +7,8 @@ with probability
 
 where the rows i ∈ I_n (weights w_i, nodes ν_i, the observation's demographics) integrate its
 unobserved heterogeneity and the denominator runs over the problem's agents in the dataset's
-markets. The score of an observation is S_n = ∂ log P_n/∂θ, a total derivative through δ(θ)
+markets (PyBLP sums over the markets that appear in the micro data instead; the two agree when
+the micro data cover every market of the dataset). The score of an observation is S_n = ∂ log P_n/∂θ, a total derivative through δ(θ)
 (implicit function theorem, :func:`._objective.deltas_at_solution`). The mean score of the
 observed micro data is the observed value of the *optimal* micro moment for each parameter; its
 model analogue averages the *agent scores* (every agent of the problem and every choice treated
