@@ -179,10 +179,13 @@ def main(argv=None):
     }
     runs = results["runs"]
     if not args.big_only:
-        for J, I, T in ((50, 200, 100), (50, 500, 200), (50, 1000, 200), (100, 1000, 200)):
-            runs.append(run("vmap", T, J, I))
-            runs.append(run("chunked", T, J, I, batch_size=args.batch_size))
+        for T, J, I in ((100, 50, 200), (200, 50, 1000), (200, 100, 1000), (1000, 100, 1000)):
+            runs.append(run("vmap", T, J, I, sim_markets=20))
+            runs.append(run("chunked", T, J, I, batch_size=args.batch_size, sim_markets=20))
+        runs.append(run("chunked", 1000, 100, 1000, batch_size=100, sim_markets=20))
     runs.append(run("chunked", 1000, 100, 1000, batch_size=args.batch_size, estimate_iterations=3, sim_markets=20))
+    if not args.big_only:
+        runs.append(run("chunked", 3000, 100, 1000, batch_size=args.batch_size, sim_markets=20))
     results["load_average_after"] = os.getloadavg()
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
