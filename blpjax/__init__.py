@@ -21,6 +21,8 @@ from ._micro_data import MicroDataset as MicroDataset
 from ._micro_data import MicroMarket as MicroMarket
 from ._micro_data import MicroMoment as MicroMoment
 from ._micro_data import MicroPart as MicroPart
+from ._montecarlo import MonteCarlo as MonteCarlo
+from ._montecarlo import monte_carlo as monte_carlo
 from ._optimize import OptaxOptimizer as OptaxOptimizer
 from ._optimize import ScipyOptimizer as ScipyOptimizer
 from ._problem import Problem as Problem
@@ -41,6 +43,7 @@ __all__ = [
     "MicroMarket",
     "MicroMoment",
     "MicroPart",
+    "MonteCarlo",
     "OptaxOptimizer",
     "Problem",
     "Products",
@@ -49,6 +52,7 @@ __all__ = [
     "Status",
     "Theta",
     "SimulationConfig",
+    "monte_carlo",
     "simulate",
     "solve_delta",
     "solve_delta_unrolled",

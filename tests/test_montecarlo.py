@@ -1,0 +1,114 @@
+"""Monte Carlo as one program: vmapped ≡ replication by replication, recovery of the truth, labels."""
+
+import numpy as np
+import pytest
+
+import blpjax
+from blpjax import BLPSpecificationError, OptaxOptimizer, SimulationConfig
+from blpjax._montecarlo import simulated_problems, stack_problems
+from blpjax._params import build_parameters
+
+CONFIG = SimulationConfig(markets=30, products=(5, 5), agents=20)
+R = 10
+SIGMA = np.diag(CONFIG.sigma)
+PI = np.asarray(CONFIG.pi).reshape(2, 1)
+
+
+@pytest.fixture(scope="module")
+def vmapped():
+    """Every replication in one vmap (what an accelerator runs by default)."""
+    return blpjax.monte_carlo(CONFIG, R, seed=0, method="2s", batch_size=R)
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return simulated_problems(CONFIG, R, seed=0)[0]
+
+
+@pytest.fixture(scope="module")
+def solved(problems):
+    """Replication by replication: Problem.solve with the same optax loop (independent of the vmap)."""
+    return [problems[r].solve(SIGMA, PI, method="2s", optimizer=OptaxOptimizer()) for r in (0, 1, 2)]
+
+
+def test_vmapped_equals_replication_by_replication(vmapped, solved):
+    """Each replication's estimates and SEs, both GMM steps, equal Problem.solve with the optax loop."""
+    for r, res in enumerate(solved):
+        assert res.converged
+        for step_mc, step in zip(vmapped.steps, res.steps, strict=True):
+            np.testing.assert_allclose(step_mc.theta[r], step.theta, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(step_mc.beta[r], step.beta, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(step_mc.se[r], step.se, rtol=1e-7, atol=1e-10)
+            np.testing.assert_allclose(step_mc.objective[r], step.objective, rtol=1e-8, atol=1e-12)
+            assert int(step_mc.iterations[r]) == step.optimizer_iterations
+        np.testing.assert_allclose(vmapped.estimates.iloc[r], res.parameters["estimate"], rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(vmapped.standard_errors.iloc[r], res.parameters["se"], rtol=1e-7, atol=1e-10)
+
+
+def test_one_at_a_time_equals_vmap(vmapped):
+    """The CPU default (replications one at a time in the same program) gives the vmapped first step."""
+    scanned = blpjax.monte_carlo(CONFIG, R, seed=0, method="1s", batch_size=1)
+    first = vmapped.steps[0]
+    np.testing.assert_allclose(scanned.final.theta, first.theta, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(scanned.final.beta, first.beta, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(scanned.final.se, first.se, rtol=1e-7, atol=1e-10)
+    np.testing.assert_array_equal(np.asarray(scanned.final.iterations), np.asarray(first.iterations))
+
+
+def test_recovers_the_truth(vmapped):
+    """Known truth: every replication converges, no large bias, CIs cover the truth most of the time."""
+    assert vmapped.converged.all()
+    assert (vmapped.diagnostics["gradient_norm"] <= 1e-8).all()
+    table = vmapped.summary()
+    n = table["n"].to_numpy()
+    assert (n == R).all()
+    # bias within 4 Monte Carlo standard errors of zero
+    assert (np.abs(table["bias"]) <= 4 * table["sd"] / np.sqrt(n)).all(), table
+    # RMSE² = bias² + variance (population variance of the same draws)
+    np.testing.assert_allclose(table["rmse"] ** 2, table["bias"] ** 2 + table["sd"] ** 2 * (n - 1) / n, rtol=1e-10)
+    # SEs of the right size and 95% intervals covering the truth in most replications
+    ratio = table["mean_se"] / table["sd"]
+    assert ((ratio > 0.4) & (ratio < 2.5)).all(), table
+    assert table["coverage_95"].mean() >= 0.8, table
+
+
+def test_labels_shapes_and_tables(vmapped, solved):
+    labels = list(solved[0].parameters.index)
+    assert labels == [
+        "sigma[1, 1]",
+        "sigma[prices, prices]",
+        "pi[prices, income]",
+        "beta[1]",
+        "beta[x]",
+        "beta[prices]",
+    ]
+    assert vmapped.labels == labels
+    assert list(vmapped.estimates.columns) == labels and vmapped.estimates.shape == (R, len(labels))
+    assert vmapped.standard_errors.shape == (R, len(labels))
+    assert list(vmapped.summary().index) == labels
+    assert list(vmapped.truth) == [1.0, 0.3, 0.4, -1.0, 1.0, -2.0]
+    assert vmapped.final.contraction_status.shape == (R, CONFIG.markets)
+    assert len(vmapped.steps) == 2 and vmapped.diagnostics.shape[0] == R
+    # a different truth, by label
+    shifted = vmapped.summary(truth={k: v + 1 for k, v in vmapped.truth.items()})
+    np.testing.assert_allclose(shifted["bias"], vmapped.summary()["bias"] - 1, atol=1e-12)
+
+
+def test_plot(vmapped):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    fig = vmapped.plot()
+    assert sum(ax.get_visible() for ax in fig.axes) == len(vmapped.labels)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_replications_must_have_identical_shapes():
+    with pytest.raises(BLPSpecificationError, match="products=\\(J, J\\)"):
+        blpjax.monte_carlo(SimulationConfig(markets=5, products=(3, 6), agents=5), 2)
+    small = simulated_problems(SimulationConfig(markets=6, products=(4, 4), agents=5), 1)[0]
+    large = simulated_problems(SimulationConfig(markets=6, products=(5, 5), agents=5), 1)[0]
+    spec = build_parameters(("1", "prices"), ("income",), 0, SIGMA, PI)
+    with pytest.raises(BLPSpecificationError, match="identical shapes"):
+        stack_problems(small + large, spec)
