@@ -75,8 +75,11 @@ class _State(eqx.Module):
 
 def _update(state: _State, x_new, x_old, mask, tol, max_evaluations):
     """Account for one map evaluation x_old -> x_new; freeze the state once done."""
-    finite = _finite(x_new, mask)
-    converged = finite & (_step_norm(x_new, x_old, mask) < tol)
+    # one reduction for both tests: x_old is finite while the state is live, so the step norm is
+    # finite exactly when x_new is (a NaN or ±inf entry makes the max NaN or inf)
+    norm = _step_norm(x_new, x_old, mask)
+    finite = jnp.isfinite(norm)
+    converged = norm < tol
     n = state.n + jnp.where(state.done, 0, 1)
     exhausted = n >= max_evaluations
     status = jnp.where(

@@ -6,10 +6,12 @@ carries a JVP rule from the implicit function theorem on F(δ, θ) = log s(δ, �
     dδ = −(∂F/∂δ)⁻¹ (∂F/∂θ dθ),
 
 one J×J LU factorisation per market (never a solve over all markets' δ). Because it is a JVP
-rule, ``jax.jvp``/``jax.jacfwd`` use it directly and ``jax.grad``/``jax.jacrev`` transpose it
-(one transposed solve and one VJP of the log shares per market). Tangents of data (X2, nodes,
-demographics, shares) are honoured too; symbolic zeros are skipped, so differentiating with
-respect to θ alone costs nothing for the data.
+rule, ``jax.jvp``/``jax.jacfwd`` use it directly and ``jax.grad``/``jax.jacrev`` transpose it.
+Without nesting the rule is written in closed form from the choice probabilities P at δ
+(∂ log s/∂δ = I − diag(1/s) Pᵀ diag(w) P, and ∂ log s/∂μ weighted by P), with a symmetric solve
+so that the transpose reuses the factorisation; nested models use the generic rule (a JVP of the
+log-space shares). Tangents of data (X2, nodes, demographics, weights, shares) are honoured too;
+symbolic zeros are skipped, so differentiating with respect to θ alone costs nothing for the data.
 
 :func:`solve_delta_unrolled` differentiates through a fixed number of plain contraction steps
 instead; it exists to test the implicit rule.
@@ -25,7 +27,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Bool, Float, Int
 
 from ._contraction import ContractionConfig, FixedPoint, fixed_point
-from ._shares import FactoredMarket, log_probabilities, log_shares, mu
+from ._shares import FactoredMarket, log_shares, mu
 
 
 class Theta(eqx.Module):
@@ -74,23 +76,24 @@ def contraction_map(theta: Theta, market: Market):
 
         return g
     fm = FactoredMarket.build(market_mu(theta, market), market.weights, mask)
+    # FactoredMarket.log_shares_shifted with exp(−m) hoisted out of the loop and the J + 1 exponentials
+    # of a step in one vector (one exponential kernel per step: faster, and less code to compile)
+    exp_neg_m = jnp.exp(-fm.m)
 
     def g(delta):
-        c, log_inner = fm.log_shares_shifted(delta)
-        return jnp.where(mask, log_S + c - log_inner, delta)
+        c = jnp.max(jnp.where(mask, delta, -jnp.inf))
+        ex = jnp.exp(jnp.concatenate([jnp.where(mask, delta - c, -jnp.inf), -c[None]]))
+        denominators = exp_neg_m * ex[-1] + fm.E @ ex[:-1]
+        inner = fm.E.T @ (fm.weights / denominators)
+        return jnp.where(mask, log_S + c - jnp.log(jnp.maximum(inner, 1e-300)), delta)
 
     return g
 
 
-def _residual_jacobian(delta, theta: Theta, market: Market) -> Float[Array, "J J"]:
-    """∂ log s/∂δ at δ, with identity rows/columns on padded products."""
+def _log_share_jacobian(delta, theta: Theta, market: Market) -> Float[Array, "J J"]:
+    """∂ log s/∂δ at δ (any model, by forward differentiation), with identity rows/columns on padded products."""
     mask = market.mask
-    if theta.nested:
-        A = jax.jacfwd(lambda d: market_log_shares(d, theta, market))(delta)
-    else:
-        P = jnp.exp(log_probabilities(delta, market_mu(theta, market), mask))  # (I, J)
-        s = market.weights @ P
-        A = jnp.eye(delta.shape[0]) - (P.T * market.weights[None, :]) @ P / jnp.where(mask, s, 1.0)[:, None]
+    A = jax.jacfwd(lambda d: market_log_shares(d, theta, market))(delta)
     both = mask[:, None] & mask[None, :]
     return jnp.where(both, A, jnp.eye(delta.shape[0]))
 
@@ -110,24 +113,66 @@ def _ift_tangent(delta, theta: Theta, market: Market, t_theta, t_market):
     t_leaves = jax.tree_util.tree_leaves((t_theta, t_market), is_leaf=_is_zero)
     # eqx.filter_custom_jvp gives None for non-differentiated leaves
     active = [
-        i
-        for i, t in enumerate(t_leaves)
-        if not _is_zero(t) and jnp.issubdtype(jnp.result_type(leaves[i]), jnp.inexact)
+        i for i, t in enumerate(t_leaves) if not _is_zero(t) and jnp.issubdtype(jnp.result_type(leaves[i]), jnp.inexact)
     ]
     if not active:
         return jnp.zeros_like(delta)
 
-    def F(*xs):
-        full = list(leaves)
-        for i, x in zip(active, xs, strict=True):
-            full[i] = x
-        th, mk = jax.tree_util.tree_unflatten(treedef, full)
-        return market_log_shares(delta, th, mk) - mk.log_shares
+    def jvp(fn, which):
+        """Tangent of fn(θ, market) along the tangents of the leaves ``which`` (the others held fixed)."""
 
-    _, b = jax.jvp(F, [leaves[i] for i in active], [t_leaves[i] for i in active])
+        def f(*xs):
+            full = list(leaves)
+            for i, x in zip(which, xs, strict=True):
+                full[i] = x
+            return fn(*jax.tree_util.tree_unflatten(treedef, full))
+
+        return jax.jvp(f, [leaves[i] for i in which], [t_leaves[i] for i in which])[1]
+
+    if theta.nested:
+        return _ift_tangent_generic(delta, theta, market, jvp, active)
+    index = jax.tree_util.tree_unflatten(treedef, list(range(len(leaves))))[1]  # positions of market's leaves
+    t_weights = t_leaves[index.weights] if index.weights in active else None
+    t_log_shares = t_leaves[index.log_shares] if index.log_shares in active else None
+    through_mu = [i for i in active if i not in (index.weights, index.log_shares)]
+    t_mu = jvp(market_mu, through_mu) if through_mu else None
+    return _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares)
+
+
+def _ift_tangent_generic(delta, theta, market, jvp, active):
+    """Any model: a JVP of the log-space shares and a J×J LU solve with their δ-Jacobian."""
+    b = jvp(lambda th, mk: market_log_shares(delta, th, mk) - mk.log_shares, active)
     b = jnp.where(market.mask, b, 0.0)
-    lu = jsl.lu_factor(_residual_jacobian(delta, theta, market))
+    lu = jsl.lu_factor(_log_share_jacobian(delta, theta, market))
     return -jsl.lu_solve(lu, b)
+
+
+def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares):
+    """Models without nesting, in closed form from the choice probabilities P (I×J) at δ.
+
+    With s = Pᵀw, multiplying F = log s − log S = 0 through by diag(s) gives
+    H dδ = −(ds − s ⊙ d log S) with H = diag(s) − Pᵀ diag(w) P = diag(s) ∂ log s/∂δ (symmetric) and
+    ds_j = Σ_i w_i P_ij (dμ_ij − Σ_k P_ik dμ_ik) + Σ_i dw_i P_ij. Tangents of θ, X2, nodes and
+    demographics enter through dμ only (a JVP of the linear map to μ), so no derivative of the shares
+    is traced, and the symmetric solve lets reverse mode reuse the same factorisation untransposed.
+    """
+    mask = market.mask
+    P = FactoredMarket.build(market_mu(theta, market), market.weights, mask).probabilities(delta)  # (I, J)
+    wP = market.weights[:, None] * P
+    s = jnp.sum(wP, axis=0)
+    rhs = jnp.zeros_like(delta)
+    if t_mu is not None:
+        t_mu = jnp.where(mask[None, :], t_mu, 0.0)
+        rhs = rhs + jnp.sum(wP * (t_mu - jnp.sum(P * t_mu, axis=1, keepdims=True)), axis=0)
+    if t_weights is not None:
+        rhs = rhs + t_weights @ P
+    if t_log_shares is not None:
+        rhs = rhs - s * t_log_shares
+    rhs = jnp.where(mask, rhs, 0.0)
+    H = jnp.where(mask[:, None] & mask[None, :], jnp.diag(s) - wP.T @ P, jnp.eye(delta.shape[0], dtype=delta.dtype))
+    # the factorisation is not differentiated: custom_linear_solve differentiates through H @ v instead
+    lu = jsl.lu_factor(jax.lax.stop_gradient(H))
+    return -jax.lax.custom_linear_solve(lambda v: H @ v, rhs, lambda _, r: jsl.lu_solve(lu, r), symmetric=True)
 
 
 @_solve.def_jvp

@@ -237,3 +237,40 @@ def test_nevo_estimates_match_pyblp():
     Eb = res.compute_elasticities(layout="stacked")
     ok = np.isfinite(E)
     np.testing.assert_allclose(Eb[ok], E[ok], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_ift_data_tangents_match_unrolled_and_finite_differences(nested):
+    """JVP of δ along θ and every data array at once (the closed-form rule without nesting)."""
+    market, theta = _toy(nested, seed=2)
+    T, J = market.mask.shape
+    rng = np.random.default_rng(5)
+
+    def delta_of(sigma, pi, rho, X2, nodes, demographics, weights, log_shares, unrolled=False):
+        th = Theta(sigma, pi, rho)
+        mk = Market(X2, nodes, demographics, weights, log_shares, market.mask, market.nest_ids)
+        if unrolled:
+            return jax.vmap(solve_delta_unrolled, in_axes=(None, 0, 0, None))(th, mk, jnp.zeros((T, J)), 3000)
+        return _delta(th, mk).x
+
+    primals = (theta.sigma, theta.pi, theta.rho, market.X2, market.nodes, market.demographics, market.weights)
+    primals = primals + (market.log_shares,)
+    tangents = tuple(jnp.asarray(rng.normal(size=p.shape)) for p in primals)
+    tangents = tangents[:-1] + (jnp.where(market.mask, tangents[-1], 0.0),)
+    _, t_ift = jax.jit(lambda p, t: jax.jvp(delta_of, p, t))(primals, tangents)
+    _, t_unrolled = jax.jit(lambda p, t: jax.jvp(lambda *a: delta_of(*a, unrolled=True), p, t))(primals, tangents)
+    f = jax.jit(delta_of)
+    eps = 1e-6
+    plus = f(*(p + eps * t for p, t in zip(primals, tangents, strict=True)))
+    minus = f(*(p - eps * t for p, t in zip(primals, tangents, strict=True)))
+    t_fd = (plus - minus) / (2 * eps)
+    mask = np.asarray(market.mask)
+    np.testing.assert_allclose(np.asarray(t_ift)[mask], np.asarray(t_unrolled)[mask], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(t_ift)[mask], np.asarray(t_fd)[mask], rtol=1e-6, atol=1e-7)
+    assert np.all(np.asarray(t_ift)[~mask] == 0)
+    # reverse mode transposes the same rule
+    v = jnp.asarray(rng.normal(size=(T, J)))
+    g = jax.jit(jax.grad(lambda p: jnp.sum(v * delta_of(*p))))(primals)
+    np.testing.assert_allclose(
+        sum(jnp.sum(gi * ti) for gi, ti in zip(g, tangents, strict=True)), jnp.sum(v * t_ift), rtol=1e-10
+    )
