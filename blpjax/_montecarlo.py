@@ -34,6 +34,7 @@ from ._contraction import ContractionConfig
 from ._errors import BLPSpecificationError
 from ._estimate import _post_step, _value, _value_and_grad
 from ._gmm import SE_TYPES, Concentration, symmetric_inverse
+from ._micro import MicroSetup
 from ._objective import Setup
 from ._optimize import OptaxOptimizer, OptimizeResult, _projected_gradient_norm
 from ._params import ParameterSpec, build_parameters
@@ -41,6 +42,8 @@ from ._params import ParameterSpec, build_parameters
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ._integration import Integration
+    from ._micro_data import MicroDataset, MicroMoment
     from ._problem import Problem
     from ._simulate import SimulationConfig
 
@@ -57,15 +60,22 @@ class Replicated(eqx.Module):
         delta0: starting mean utilities (default the logit inversion of each replication).
         x0: starting values of the free nonlinear parameters.
         n_clusters: number of clusters (the same in every replication).
+        micro: the micro moments of every replication (:class:`._micro.MicroSetup` with an R axis:
+            observed values, survey weights and values may differ across replications), or None.
+        initial_update: with micro moments and no user W, ``W`` holds the 2SLS matrices of the
+            product moments and each replication first runs the initial update at the starting
+            values, as :meth:`Problem.solve` does.
     """
 
     setup: Setup
     X1: Float[Array, "R T J K1"]
     cluster_ids: Int[Array, "R T J"]
-    W: Float[Array, "R M M"]
+    W: Float[Array, "R MW MW"]
     delta0: Float[Array, "R T J"]
     x0: Float[Array, "R P"]
     n_clusters: int = eqx.field(static=True)
+    micro: MicroSetup | None = None
+    initial_update: bool = eqx.field(static=True, default=False)
 
     @property
     def R(self) -> int:
@@ -89,6 +99,7 @@ class ReplicationStep(eqx.Module):
         contraction_status: :class:`Status` code per market at the estimate (0 = converged).
         W: the step's weighting matrix.
         updated_W: the weighting matrix for a next step.
+        micro_values: model values f(v(θ̂)) of the micro moments at the estimate (None without).
     """
 
     theta: Float[Array, "R P"]
@@ -102,8 +113,9 @@ class ReplicationStep(eqx.Module):
     evaluations: Int[Array, " R"]
     contraction_evaluations: Int[Array, "R T"]
     contraction_status: Int[Array, "R T"]
-    W: Float[Array, "R M M"]
-    updated_W: Float[Array, "R M M"]
+    W: Float[Array, "R MW MW"]
+    updated_W: Float[Array, "R MW MW"]
+    micro_values: Float[Array, "R MM"] | None = None
 
     @property
     def converged(self) -> Bool[Array, " R"]:
@@ -128,14 +140,20 @@ def _stack(trees: Sequence, what: str):
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def stack_problems(problems: Sequence[Problem], spec: ParameterSpec, W=None, delta0=None) -> Replicated:
+def stack_problems(
+    problems: Sequence[Problem], spec: ParameterSpec, W=None, delta0=None, micro: Sequence[MicroSetup] | None = None
+) -> Replicated:
     """Stack R problems of identical shapes for :func:`estimate_replications`.
 
     Args:
         problems: R :class:`Problem` objects with the same specification and shapes.
         spec: the free nonlinear parameters (their starting values are used for every replication).
-        W: initial weighting matrices, (M, M) for all or (R, M, M); default each problem's 2SLS matrix.
+        W: initial weighting matrices, (MW, MW) for all or (R, MW, MW) with MW = M + MM (instruments,
+            then micro moments); default each problem's 2SLS matrix, and with micro moments the
+            initial update at the starting values that :meth:`Problem.solve` runs.
         delta0: starting δ, (R, T, J) padded; default each problem's logit inversion.
+        micro: one :class:`._micro.MicroSetup` per replication (``Problem.build_micro``), with the
+            same moments, functions and survey sizes N_d in every replication.
 
     Raises:
         BLPSpecificationError: the problems' shapes differ.
@@ -145,11 +163,24 @@ def stack_problems(problems: Sequence[Problem], spec: ParameterSpec, W=None, del
     setup = _stack([p.setup for p in problems], "set-ups")
     R = len(problems)
     M = setup.Z.shape[-1]
+    stacked_micro = None
+    if micro is not None:
+        if len(micro) != R:
+            raise BLPSpecificationError(f"micro needs one MicroSetup per replication ({R}), got {len(micro)}.")
+        stacked_micro = _stack(list(micro), "micro moments (datasets, survey sizes, parts or functions)")
+    MM = 0 if stacked_micro is None else stacked_micro.MM
+    initial_update = False
     if W is None:
         Z = setup.Z.reshape(R, -1, M)
         W = jax.vmap(lambda z: symmetric_inverse(z.T @ z / setup.N))(Z)
+        initial_update = stacked_micro is not None
     else:
-        W = jnp.broadcast_to(jnp.asarray(W, jnp.float64), (R, M, M))
+        W = jnp.asarray(W, jnp.float64)
+        if W.shape[-2:] != (M + MM, M + MM):
+            raise BLPSpecificationError(
+                f"W must be {M + MM}×{M + MM} (one row per instrument, then one per micro moment)."
+            )
+        W = jnp.broadcast_to(W, (R, M + MM, M + MM))
     if delta0 is None:
         delta0 = jnp.stack([p.logit_delta() for p in problems])
     n_clusters = {p.products.n_clusters for p in problems}
@@ -163,6 +194,8 @@ def stack_problems(problems: Sequence[Problem], spec: ParameterSpec, W=None, del
         jnp.asarray(delta0, jnp.float64),
         jnp.broadcast_to(jnp.asarray(spec.x0, jnp.float64), (R, spec.P)),
         n_clusters.pop(),
+        stacked_micro,
+        initial_update,
     )
 
 
@@ -206,13 +239,13 @@ def _batched_optax_minimize(value_and_grad, value, x0, delta0, lower, upper, opt
     return OptimizeResult(x, delta, success, k, n)
 
 
-def _gmm_step(spec, config, optimizer, se_type, W_type, n_clusters, step, x, delta0, W, setup, X1, cl):
+def _gmm_step(spec, config, optimizer, se_type, W_type, n_clusters, step, x, delta0, W, setup, X1, cl, micro=None):
     """One GMM step of one replication, as :func:`._estimate.estimate` runs it with optax."""
     conc = Concentration.build(setup.ZX, W)
     if spec.P:
         res = _batched_optax_minimize(
-            lambda y, d: _value_and_grad(spec, config, y, d, conc, setup),
-            lambda y, d: _value(spec, config, y, d, conc, setup)[0],
+            lambda y, d: _value_and_grad(spec, config, y, d, conc, setup, micro),
+            lambda y, d: _value(spec, config, y, d, conc, setup, micro)[0],
             x,
             delta0,
             spec.lower,
@@ -223,8 +256,10 @@ def _gmm_step(spec, config, optimizer, se_type, W_type, n_clusters, step, x, del
     else:
         x_hat, success, iterations, evaluations = x, jnp.asarray(True), jnp.asarray(0), jnp.asarray(1)
     # a cold start from the step's δ₀ at the estimate, as estimate() does
-    q, gradient, ev = _value_and_grad(spec, config, x_hat, delta0, conc, setup)
-    post = _post_step(x_hat, ev.delta, ev.g_delta, spec, setup, conc, X1, cl, n_clusters, se_type, W_type, step, config)
+    q, gradient, ev = _value_and_grad(spec, config, x_hat, delta0, conc, setup, micro)
+    post = _post_step(
+        x_hat, ev.delta, ev.g_delta, spec, setup, conc, X1, cl, n_clusters, se_type, W_type, step, config, micro
+    )
     gnorm = _projected_gradient_norm(x_hat, gradient, jnp.asarray(spec.lower), jnp.asarray(spec.upper))
     record = ReplicationStep(
         x_hat,
@@ -240,23 +275,43 @@ def _gmm_step(spec, config, optimizer, se_type, W_type, n_clusters, step, x, del
         ev.status,
         W,
         post["updated_W"],
+        post["micro_values"],
     )
     return record, (x_hat, ev.delta, post["updated_W"])
 
 
-def _one_replication(spec, config, optimizer, steps, se_type, W_type, n_clusters, x0, delta0, W, setup, X1, cl):
+def _initial_update(spec, config, se_type, W_type, n_clusters, x0, delta0, W_D, setup, X1, cl, micro):
+    """W and δ₀ of the first step with micro moments and no user W, as :func:`._estimate.estimate`.
+
+    Everything is evaluated at the starting values with the 2SLS matrix on the product moments
+    (and zeros on the micro block); W is the inverse of the resulting moment covariances.
+    """
+    W = jax.scipy.linalg.block_diag(W_D, jnp.zeros((micro.MM, micro.MM)))
+    conc = Concentration.build(setup.ZX, W)
+    _, _, ev = _value_and_grad(spec, config, x0, delta0, conc, setup, micro)
+    post = _post_step(
+        x0, ev.delta, ev.g_delta, spec, setup, conc, X1, cl, n_clusters, se_type, W_type, 0, config, micro
+    )
+    return post["updated_W"], ev.delta
+
+
+def _one_replication(
+    spec, config, optimizer, steps, se_type, W_type, n_clusters, initial, x0, delta0, W, setup, X1, cl, micro
+):
     """Every GMM step of one replication; each step starts from the last one's θ, δ and updated W."""
     step_fn = partial(_gmm_step, spec, config, optimizer, se_type, W_type, n_clusters)
+    if initial:
+        W, delta0 = _initial_update(spec, config, se_type, W_type, n_clusters, x0, delta0, W, setup, X1, cl, micro)
     if steps == 1 or se_type == "unadjusted":  # unadjusted SEs differ between step 1 and later steps
         out, carry = [], (x0, delta0, W)
         for step in range(1, steps + 1):
-            record, carry = step_fn(step, *carry, setup, X1, cl)
+            record, carry = step_fn(step, *carry, setup, X1, cl, micro)
             out.append(record)
         return tuple(out)
 
     # otherwise every step runs the same program: compile it once and scan over the steps
     def body(carry, _):
-        record, carry = step_fn(steps, *carry, setup, X1, cl)
+        record, carry = step_fn(steps, *carry, setup, X1, cl, micro)
         return carry, record
 
     _, records = jax.lax.scan(body, (x0, delta0, W), None, length=steps)
@@ -266,12 +321,26 @@ def _one_replication(spec, config, optimizer, steps, se_type, W_type, n_clusters
 @partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
 def _program(spec, config, optimizer, steps, se_type, W_type, batch_size, data: Replicated):
     def one(args):
-        x0, delta0, W, setup, X1, cl = args
+        x0, delta0, W, setup, X1, cl, micro = args
         return _one_replication(
-            spec, config, optimizer, steps, se_type, W_type, data.n_clusters, x0, delta0, W, setup, X1, cl
+            spec,
+            config,
+            optimizer,
+            steps,
+            se_type,
+            W_type,
+            data.n_clusters,
+            data.initial_update,
+            x0,
+            delta0,
+            W,
+            setup,
+            X1,
+            cl,
+            micro,
         )
 
-    args = (data.x0, data.delta0, data.W, data.setup, data.X1, data.cluster_ids)
+    args = (data.x0, data.delta0, data.W, data.setup, data.X1, data.cluster_ids, data.micro)
     if batch_size == 1:  # a plain scan: no batched control flow at all
         return jax.lax.map(one, args)
     if batch_size >= data.R:
@@ -344,13 +413,26 @@ class MonteCarlo:
         steps: one :class:`ReplicationStep` per GMM step; ``final`` is the last.
         truth: true parameter values in ``labels`` order (or None).
         seconds: wall time of the estimation (compilation included on the first run of a structure).
+        micro_labels: names of the micro moments (empty without).
+        micro_observed: R × MM observed values of the micro moments (None without).
     """
 
-    def __init__(self, spec: ParameterSpec, linear: Sequence[str], steps, truth=None, seconds: float = float("nan")):
+    def __init__(
+        self,
+        spec: ParameterSpec,
+        linear: Sequence[str],
+        steps,
+        truth=None,
+        seconds: float = float("nan"),
+        micro_labels: Sequence[str] = (),
+        micro_observed=None,
+    ):
         self.spec, self.steps, self.seconds = spec, tuple(steps), seconds
         self.final: ReplicationStep = self.steps[-1]
         self.labels = list(spec.labels) + [f"beta[{n}]" for n in linear]
         self.truth = None if truth is None else self._truth_series(truth)
+        self.micro_labels = list(micro_labels)
+        self.micro_observed = None if micro_observed is None else np.asarray(micro_observed)
 
     @classmethod
     def from_problems(
@@ -371,12 +453,16 @@ class MonteCarlo:
         rho_bounds=None,
         truth=None,
         batch_size: int | None = None,
+        micro_moments: Sequence[Sequence[MicroMoment]] | Sequence[MicroMoment] | None = None,
     ) -> MonteCarlo:
         """Estimate R problems of identical shapes and specification in one vmapped program.
 
         Arguments are those of :meth:`Problem.solve` (starting values shared by every
         replication), plus ``truth`` (a mapping label → value, or values in ``labels`` order) and
-        ``batch_size`` (see :func:`estimate_replications`).
+        ``batch_size`` (see :func:`estimate_replications`). ``micro_moments`` is one list of
+        :class:`MicroMoment` for every replication, or one list per replication (the same moments
+        and survey sizes, e.g. with observed values from each replication's own survey); without
+        ``W`` each replication starts with the initial update that :meth:`Problem.solve` runs.
         """
         check_x64()
         if method not in ("1s", "2s"):
@@ -404,10 +490,25 @@ class MonteCarlo:
             p0.rho_by_nest,
             list(p0.index.nest_labels),
         )
-        M = p0.setup.Z.shape[-1]
+        micro = micro_labels = None
+        if micro_moments is not None:
+            from ._micro_data import MicroMoment as _MicroMoment
+
+            per = list(micro_moments)
+            if per and all(isinstance(m, _MicroMoment) for m in per):
+                per = [per] * len(problems)
+            if len(per) != len(problems):
+                raise BLPSpecificationError(
+                    f"micro_moments needs one list of MicroMoment for all replications or one per replication "
+                    f"({len(problems)}), got {len(per)}."
+                )
+            built = [p.build_micro(m) for p, m in zip(problems, per, strict=True)]
+            micro = [b[0] for b in built]
+            micro_labels = built[0][1].moments
+        M = p0.setup.Z.shape[-1] + (0 if micro is None else micro[0].MM)
         if M < len(p0.linear) + spec.P:
-            raise BLPSpecificationError(f"too few moments: {M} instruments for {len(p0.linear) + spec.P} parameters.")
-        data = stack_problems(problems, spec, W=W)
+            raise BLPSpecificationError(f"too few moments: {M} moments for {len(p0.linear) + spec.P} parameters.")
+        data = stack_problems(problems, spec, W=W, micro=micro)
         t0 = time.perf_counter()
         steps = estimate_replications(
             spec,
@@ -420,7 +521,10 @@ class MonteCarlo:
             batch_size=batch_size,
         )
         steps = jax.block_until_ready(steps)
-        return cls(spec, p0.linear, steps, truth, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        if micro is None:
+            return cls(spec, p0.linear, steps, truth, seconds)
+        return cls(spec, p0.linear, steps, truth, seconds, micro_labels, np.asarray(data.micro.observed))
 
     # --- tables ------------------------------------------------------------------------------------------
     def _truth_series(self, truth) -> pd.Series:
@@ -616,6 +720,174 @@ def simulated_problems(config: SimulationConfig, replications: int, seed: int = 
     return problems, truth
 
 
+def income_price_covariance(observations: int) -> MicroMoment:
+    """A micro moment of the simulated model: Cov(income, price of the product bought | inside purchase).
+
+    A survey of ``observations`` buyers (weights 1 on every inside good of every market, 0 on the
+    outside good) records each buyer's income and the price paid. With π on prices × income,
+    richer buyers are less price sensitive and buy dearer products, so the covariance moves with
+    π: this is the kind of statistic that identifies Π beyond the cross-market variation of
+    incomes. Three parts (E[income·price], E[income], E[price]) combined by f(v) = v₀ − v₁v₂; the
+    delta method (autodiff) gives its covariance. The observed value here is a placeholder:
+    :func:`survey_micro_moments` replaces it with a simulated survey's.
+    """
+    from ._micro_data import MicroDataset, MicroMoment, MicroPart
+
+    buyers = MicroDataset("buyers survey", int(observations), lambda m: jnp.ones((m.I, m.J)))
+    parts = [
+        MicroPart("E[income × prices | j > 0]", buyers, lambda m: jnp.outer(m.agents["income"], m.products["prices"])),
+        MicroPart("E[income | j > 0]", buyers, lambda m: jnp.outer(m.agents["income"], jnp.ones(m.J))),
+        MicroPart("E[prices | j > 0]", buyers, lambda m: jnp.outer(jnp.ones(m.I), m.products["prices"])),
+    ]
+    return MicroMoment("Cov(income, prices | j > 0)", 0.0, parts, _covariance)
+
+
+def _covariance(v):
+    return v[0] - v[1] * v[2]
+
+
+_NO_STEP: OptaxOptimizer | None = None
+
+
+def results_at_truth(problem: Problem, sigma=None, pi=None, **solve_options):
+    """:func:`._scores.results_at` with one optimiser instance, so every replication reuses its compiled program.
+
+    ``solve_options`` go to :meth:`Problem.solve` (e.g. ``micro_moments``).
+
+    (``results_at`` builds a new ``optax.set_to_zero()`` per call; the optimiser is a static
+    argument of the jitted loop, so each call would compile it again, seconds per replication.)
+    """
+    global _NO_STEP
+    if _NO_STEP is None:
+        _NO_STEP = OptaxOptimizer(optax.set_to_zero(), max_steps=0)
+    return problem.solve(sigma, pi, method="1s", optimizer=_NO_STEP, **solve_options)
+
+
+def _micro_config(moments: Sequence[MicroMoment]):
+    """Datasets and parts in the order :func:`._micro_data.build_micro` numbers them."""
+    datasets, parts = [], []
+    for m in moments:
+        for p in m.part_list:
+            if p not in parts:
+                parts.append(p)
+            if p.dataset not in datasets:
+                datasets.append(p.dataset)
+    return datasets, parts
+
+
+def survey_micro_moments(
+    problem: Problem, moments: Sequence[MicroMoment], sigma=None, pi=None, seed: int = 0, truth_results=None
+) -> list[MicroMoment]:
+    """``moments`` with observed values from a survey simulated from the true model.
+
+    Each micro dataset d draws N_d = ``observations`` consumers (market, agent, choice) with
+    probability ∝ w_it s_ijt(θ₀) w_dijt at the true parameters (:func:`._scores.simulate_micro_data`
+    on the problem's own agents, which generated its shares); every part's values are averaged
+    over its dataset's draws and each moment's function applied to the averages. The observed
+    values therefore carry the sampling noise of a survey of N_d, the size the micro block of the
+    moment covariances assumes.
+
+    Args:
+        problem: one replication.
+        moments: the micro moments (their observed values are ignored).
+        sigma, pi: the true parameters.
+        seed: seed of the survey draws (dataset k of the moments uses ``seed + k``).
+        truth_results: :func:`results_at_truth` if already computed.
+    """
+    from ._micro import moment_values
+    from ._micro_data import MicroMoment
+    from ._scores import simulate_micro_data
+
+    moments = list(moments)
+    results = truth_results if truth_results is not None else results_at_truth(problem, sigma, pi)
+    setup, _ = problem.build_micro(moments)
+    datasets, _ = _micro_config(moments)
+    position = {m: t for t, m in enumerate(problem.index.market_ids.tolist())}
+    means = []
+    for d, (dataset, arrays) in enumerate(zip(datasets, setup.datasets, strict=True)):
+        draws = simulate_micro_data(results, dataset, seed=seed + d)
+        local = {int(t): k for k, t in enumerate(np.asarray(arrays.markets))}
+        td = np.asarray([local[position[m]] for m in draws["market_ids"]])
+        index = (td, draws["agent_indices"].to_numpy(), draws["choice_indices"].to_numpy())
+        if arrays.second:
+            index = index + (draws["second_choice_indices"].to_numpy(),)
+        values = np.asarray(arrays.values)
+        means.append(values[(slice(None),) + index].mean(axis=1))
+    v = jnp.asarray([means[d][k] for d, k in setup.parts])
+    observed = np.asarray(moment_values(v, setup))
+    return [MicroMoment(m.name, float(o), m.parts, m.function) for m, o in zip(moments, observed, strict=True)]
+
+
+def optimal_micro_moments_at_truth(
+    problem: Problem,
+    dataset: MicroDataset,
+    sigma=None,
+    pi=None,
+    seed: int = 0,
+    integration: Integration | None = None,
+    truth_results=None,
+) -> list[MicroMoment]:
+    """Optimal micro moments (one per parameter) with scores evaluated at the true parameters.
+
+    A survey of ``dataset.observations`` consumers is simulated from the true model
+    (:func:`._scores.simulate_micro_data`); each moment's observed value is the survey's mean score
+    ∂ log P_n/∂θ and its model analogue averages the agent scores with the dataset's weights
+    (:func:`._scores.optimal_micro_moments`).
+
+    Simplification: Conlon & Gortmaker (2025) evaluate the scores at a first-step estimate θ̂
+    (feasible); here they are evaluated at the truth θ₀ (infeasible, the moment an oracle would
+    choose), which is what a first step converges to and avoids a preliminary estimation per
+    replication. The scores are then fixed values of the parts: the estimation treats them as data.
+
+    Args:
+        problem: one replication.
+        dataset: the micro dataset that is surveyed (its ``observations`` is N_d).
+        sigma, pi: the true parameters.
+        seed: seed of the survey draws.
+        integration: integrates each surveyed consumer's unobserved tastes ν (the survey records
+            market, demographics and choice, not ν); default None treats the drawn agent's own ν
+            as observed, as :func:`._scores.simulate_micro_data`'s output does.
+        truth_results: :func:`results_at_truth` if already computed.
+    """
+    from ._scores import optimal_micro_moments, simulate_micro_data
+
+    results = truth_results if truth_results is not None else results_at_truth(problem, sigma, pi)
+    micro_data = simulate_micro_data(results, dataset, seed=seed)
+    return optimal_micro_moments(results, dataset, micro_data, integration)
+
+
+def simulated_micro_moments(
+    problems: Sequence[Problem],
+    sigma=None,
+    pi=None,
+    *,
+    moments: Sequence[MicroMoment] | None = None,
+    optimal: MicroDataset | None = None,
+    integration: Integration | None = None,
+    seed: int = 0,
+) -> list[list[MicroMoment]]:
+    """Per replication, micro moments whose observed values come from surveys simulated at the truth.
+
+    ``moments`` get their observed values from :func:`survey_micro_moments`; ``optimal`` adds one
+    optimal micro moment per parameter (:func:`optimal_micro_moments_at_truth`) for that dataset.
+    Replication r draws its surveys with seeds from ``seed + 1000 r``.
+    """
+    if moments is None and optimal is None:
+        raise BLPSpecificationError("give moments= (micro moments to survey) and/or optimal= (a MicroDataset).")
+    out = []
+    for r, problem in enumerate(problems):
+        truth_results = results_at_truth(problem, sigma, pi)
+        these = []
+        if moments is not None:
+            these += survey_micro_moments(problem, moments, seed=seed + 1000 * r, truth_results=truth_results)
+        if optimal is not None:
+            these += optimal_micro_moments_at_truth(
+                problem, optimal, seed=seed + 1000 * r + 500, integration=integration, truth_results=truth_results
+            )
+        out.append(these)
+    return out
+
+
 def monte_carlo(
     config: SimulationConfig,
     replications: int,
@@ -631,6 +903,10 @@ def monte_carlo(
     sigma_bounds=None,
     pi_bounds=None,
     batch_size: int | None = None,
+    micro_moments: Sequence[MicroMoment] | None = None,
+    optimal_micro: MicroDataset | None = None,
+    micro_integration: Integration | None = None,
+    micro_seed: int | None = None,
 ) -> MonteCarlo:
     """Simulate R datasets from known truth and estimate all of them in one vmapped program.
 
@@ -647,6 +923,14 @@ def monte_carlo(
         method, se_type, W_type, optimizer, contraction, sigma_bounds, pi_bounds: as in
             :meth:`Problem.solve` (the optimiser must be an :class:`OptaxOptimizer`).
         batch_size: see :func:`estimate_replications`.
+        micro_moments: micro moments stacked with the product moments in every replication, their
+            observed values taken from a survey of N_d consumers simulated from the true model in
+            that replication (:func:`survey_micro_moments`; e.g. :func:`income_price_covariance`).
+        optimal_micro: a :class:`MicroDataset` whose optimal micro moments (one per parameter, scores
+            at the truth: see :func:`optimal_micro_moments_at_truth`) are added in every replication.
+        micro_integration: integration of the surveyed consumers' unobserved tastes in the optimal
+            moments' scores (default: their own ν treated as observed).
+        micro_seed: seed of the surveys (default ``seed``).
 
     Example:
         >>> mc = blpjax.monte_carlo(blpjax.SimulationConfig(markets=20, products=(5, 5), agents=50), 100)
@@ -664,6 +948,17 @@ def monte_carlo(
     x2 = SIMULATED_SPECIFICATION["nonlinear"]
     sigma = np.diag(config.sigma) if sigma is None else sigma
     pi = np.asarray(config.pi, np.float64).reshape(len(x2), -1) if pi is None else pi
+    micro = None
+    if micro_moments is not None or optimal_micro is not None:
+        micro = simulated_micro_moments(
+            problems,
+            np.diag(config.sigma),
+            np.asarray(config.pi, np.float64).reshape(len(x2), -1),
+            moments=micro_moments,
+            optimal=optimal_micro,
+            integration=micro_integration,
+            seed=seed if micro_seed is None else micro_seed,
+        )
     return MonteCarlo.from_problems(
         problems,
         sigma,
@@ -677,4 +972,5 @@ def monte_carlo(
         pi_bounds=pi_bounds,
         truth=truth,
         batch_size=batch_size,
+        micro_moments=micro,
     )

@@ -112,3 +112,58 @@ def test_replications_must_have_identical_shapes():
     spec = build_parameters(("1", "prices"), ("income",), 0, SIGMA, PI)
     with pytest.raises(BLPSpecificationError, match="identical shapes"):
         stack_problems(small + large, spec)
+
+
+# --- micro moments ----------------------------------------------------------------------------------------
+MICRO_R = 3
+M_MICRO = 9 + 1  # instruments (X1 columns, then excluded ones) and the micro moment
+
+
+@pytest.fixture(scope="module")
+def micro_moments(problems):
+    """Per replication: Cov(income, price | inside) with its observed value from a survey simulated at the truth."""
+    from blpjax._montecarlo import income_price_covariance, simulated_micro_moments
+
+    return simulated_micro_moments(problems[:MICRO_R], SIGMA, PI, moments=[income_price_covariance(300)], seed=7)
+
+
+def test_micro_vmapped_equals_problem_solve(problems, micro_moments):
+    """With a micro moment (observed value differing by replication, initial W update), one vmap ≡ Problem.solve."""
+    values = [m[0].value for m in micro_moments]
+    assert len(set(values)) == MICRO_R and all(np.isfinite(values))
+    mc = blpjax.MonteCarlo.from_problems(
+        problems[:MICRO_R], SIGMA, PI, method="2s", micro_moments=micro_moments, batch_size=MICRO_R
+    )
+    assert mc.micro_labels == ["Cov(income, prices | j > 0)"]
+    np.testing.assert_allclose(mc.micro_observed[:, 0], values)
+    for r in range(MICRO_R):
+        res = problems[r].solve(SIGMA, PI, method="2s", optimizer=OptaxOptimizer(), micro_moments=micro_moments[r])
+        assert res.converged and mc.converged[r]
+        for step_mc, step in zip(mc.steps, res.steps, strict=True):
+            np.testing.assert_allclose(step_mc.W[r], step.W, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(step_mc.theta[r], step.theta, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(step_mc.beta[r], step.beta, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(step_mc.se[r], step.se, rtol=1e-7, atol=1e-10)
+            np.testing.assert_allclose(step_mc.objective[r], step.objective, rtol=1e-8, atol=1e-12)
+            np.testing.assert_allclose(step_mc.micro_values[r], step.micro_values, rtol=1e-8, atol=1e-12)
+            assert int(step_mc.iterations[r]) == step.optimizer_iterations
+
+
+def test_survey_observed_value_is_noisy_around_the_model_value(problems, micro_moments):
+    """The survey's observed value is the model value at the truth up to sampling noise of size ~ sd/√N_d."""
+    from blpjax._montecarlo import results_at_truth
+
+    for r in range(MICRO_R):
+        res = results_at_truth(problems[r], SIGMA, PI, W=np.eye(M_MICRO), micro_moments=micro_moments[r])
+        model = float(np.asarray(res.steps[0].micro_values)[0])
+        se = float(np.sqrt(np.asarray(res.steps[0].micro_covariances)[0, 0]))  # includes 1/N_d
+        assert abs(micro_moments[r][0].value - model) < 5 * se
+
+
+def test_micro_moments_need_identical_structure(problems):
+    from blpjax._montecarlo import income_price_covariance
+
+    with pytest.raises(BLPSpecificationError, match="micro"):
+        blpjax.MonteCarlo.from_problems(
+            problems[:2], SIGMA, PI, micro_moments=[[income_price_covariance(100)], [income_price_covariance(200)]]
+        )
