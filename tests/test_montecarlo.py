@@ -116,7 +116,6 @@ def test_replications_must_have_identical_shapes():
 
 # --- micro moments ----------------------------------------------------------------------------------------
 MICRO_R = 3
-M_MICRO = 9 + 1  # instruments (X1 columns, then excluded ones) and the micro moment
 
 
 @pytest.fixture(scope="module")
@@ -132,32 +131,37 @@ def test_micro_vmapped_equals_problem_solve(problems, micro_moments):
     values = [m[0].value for m in micro_moments]
     assert len(set(values)) == MICRO_R and all(np.isfinite(values))
     mc = blpjax.MonteCarlo.from_problems(
-        problems[:MICRO_R], SIGMA, PI, method="2s", micro_moments=micro_moments, batch_size=MICRO_R
+        problems[:MICRO_R], SIGMA, PI, method="1s", micro_moments=micro_moments, batch_size=MICRO_R
     )
     assert mc.micro_labels == ["Cov(income, prices | j > 0)"]
     np.testing.assert_allclose(mc.micro_observed[:, 0], values)
     for r in range(MICRO_R):
-        res = problems[r].solve(SIGMA, PI, method="2s", optimizer=OptaxOptimizer(), micro_moments=micro_moments[r])
+        res = problems[r].solve(SIGMA, PI, method="1s", optimizer=OptaxOptimizer(), micro_moments=micro_moments[r])
         assert res.converged and mc.converged[r]
-        for step_mc, step in zip(mc.steps, res.steps, strict=True):
-            np.testing.assert_allclose(step_mc.W[r], step.W, rtol=1e-8, atol=1e-10)
-            np.testing.assert_allclose(step_mc.theta[r], step.theta, rtol=1e-8, atol=1e-10)
-            np.testing.assert_allclose(step_mc.beta[r], step.beta, rtol=1e-8, atol=1e-10)
-            np.testing.assert_allclose(step_mc.se[r], step.se, rtol=1e-7, atol=1e-10)
-            np.testing.assert_allclose(step_mc.objective[r], step.objective, rtol=1e-8, atol=1e-12)
-            np.testing.assert_allclose(step_mc.micro_values[r], step.micro_values, rtol=1e-8, atol=1e-12)
-            assert int(step_mc.iterations[r]) == step.optimizer_iterations
+        (step,) = res.steps
+        f = mc.final
+        np.testing.assert_allclose(f.W[r], step.W, rtol=1e-8, atol=1e-10)  # the initial update's W
+        np.testing.assert_allclose(f.theta[r], step.theta, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(f.beta[r], step.beta, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(f.se[r], step.se, rtol=1e-7, atol=1e-10)
+        np.testing.assert_allclose(f.objective[r], step.objective, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(f.micro_values[r], step.micro_values, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(f.updated_W[r], step.updated_W, rtol=1e-7, atol=1e-9)
+        assert int(f.iterations[r]) == step.optimizer_iterations
 
 
 def test_survey_observed_value_is_noisy_around_the_model_value(problems, micro_moments):
     """The survey's observed value is the model value at the truth up to sampling noise of size ~ sd/√N_d."""
+    from blpjax._micro import moment_covariances, moment_values, part_values
     from blpjax._montecarlo import results_at_truth
 
     for r in range(MICRO_R):
-        res = results_at_truth(problems[r], SIGMA, PI, W=np.eye(M_MICRO), micro_moments=micro_moments[r])
-        model = float(np.asarray(res.steps[0].micro_values)[0])
-        se = float(np.sqrt(np.asarray(res.steps[0].micro_covariances)[0, 0]))  # includes 1/N_d
-        assert abs(micro_moments[r][0].value - model) < 5 * se
+        truth = results_at_truth(problems[r], SIGMA, PI)
+        setup, _ = problems[r].build_micro(micro_moments[r])
+        theta, delta, market = truth.spec.unpack(truth.final.theta), truth.final.delta, problems[r].setup.market
+        model = float(moment_values(part_values(theta, market, delta, setup), setup)[0])
+        se = float(np.sqrt(moment_covariances(theta, market, delta, setup)[0, 0]))  # includes 1/N_d
+        assert 0 < abs(micro_moments[r][0].value - model) < 5 * se
 
 
 def test_micro_moments_need_identical_structure(problems):
