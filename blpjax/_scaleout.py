@@ -148,7 +148,7 @@ def _shard_setup(setup: Setup, mesh: Mesh) -> Setup:
     )
 
 
-def _check_supported(scale: ScaleOut, setup: Setup, micro) -> None:
+def check_supported(scale: ScaleOut, setup: Setup, micro) -> None:
     if scale.plain:
         return
     if getattr(setup, "supply", None) is not None:
@@ -239,11 +239,11 @@ class ValueAndGrad:
     """
 
     def __init__(self, scale: ScaleOut, spec: ParameterSpec, config: ContractionConfig, setup: Setup, micro=None):
-        _check_supported(scale, setup, micro)
+        check_supported(scale, setup, micro)
         self.scale, self.path = scale, scale.path()
         self.plan: BucketPlan | None = None
         self.mesh: Mesh | None = None
-        self._last = None
+        self._last = self._conc = None
         T = setup.mask.shape[0]
         unpack, batch = spec.unpack, scale.market_batch_size
         if scale.devices is not None:
@@ -274,6 +274,10 @@ class ValueAndGrad:
 
         self.traceable: Callable = traceable
 
+    def _replicate(self, tree):
+        replicated = NamedSharding(self.mesh, P())
+        return jax.tree_util.tree_map(lambda a: _put(_gather(a), replicated), tree)
+
     def __call__(self, x, delta0, conc: Concentration):
         if self.mesh is None or isinstance(delta0, jax.core.Tracer):
             return self.traceable(x, delta0, conc)
@@ -283,7 +287,11 @@ class ValueAndGrad:
             d0 = self._last[1]
         else:
             d0 = shard_markets(_gather(delta0), self.mesh)
-        q, grad, ev, padded = self._sharded(x, d0, conc)
+        # θ and the weighting maps replicated on the mesh (with several hosts, a committed single-device
+        # array cannot enter a program over all hosts' devices); conc is the same object for a whole step
+        if self._conc is None or self._conc[0] is not conc:
+            self._conc = (conc, self._replicate(conc))
+        q, grad, ev, padded = self._sharded(self._replicate(x), d0, self._conc[1])
         self._last = (ev.delta, padded)
         return q, grad, ev
 
@@ -354,7 +362,7 @@ def estimate_scaled(
             micro=micro,
             initial_W=initial_W,
         )
-    _check_supported(scale, setup, micro)
+    check_supported(scale, setup, micro)
     if se_type not in SE_TYPES or W_type not in SE_TYPES:
         raise BLPSpecificationError(f"se_type and W_type must be one of {SE_TYPES}.")
     vg = make_value_and_grad(scale, spec, config, setup, products)

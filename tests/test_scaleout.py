@@ -80,7 +80,7 @@ def test_problem_is_skewed(plain):
 
 @pytest.mark.parametrize(
     "scale",
-    [ScaleOut(buckets=2), ScaleOut(market_batch_size=6), ScaleOut(buckets="auto", market_batch_size=4)],
+    [ScaleOut(buckets=2), ScaleOut(market_batch_size=6), ScaleOut(buckets=2, market_batch_size=4)],
     ids=["buckets", "market_batch_size", "buckets+market_batch_size"],
 )
 def test_scaled_estimate_equals_plain(plain, scale):
@@ -102,7 +102,9 @@ def test_value_and_grad_is_jittable_and_padded_layout(plain):
     conc = Concentration.build(problem.setup.ZX, kwargs["W"])
     x, d0 = jnp.asarray(spec.x0), kwargs["delta0"]
     ref = make_value_and_grad(ScaleOut(), spec, kwargs["config"], problem.setup)(x, d0, conc)
-    vg = make_value_and_grad(ScaleOut(buckets=3), spec, kwargs["config"], problem.setup)
+    auto = make_value_and_grad(ScaleOut(buckets="auto"), spec, kwargs["config"], problem.setup)
+    assert 2 <= len(auto.plan.markets) <= 8 and auto.path == "bucketed"
+    vg = make_value_and_grad(ScaleOut(buckets=2), spec, kwargs["config"], problem.setup)
     q, g, ev = jax.jit(vg.traceable)(x, d0, conc)
     assert ev.delta.shape == d0.shape and ev.evaluations.shape == ev.status.shape == (problem.T,)
     np.testing.assert_allclose(float(q), float(ref[0]), rtol=1e-10)
@@ -138,13 +140,13 @@ _SHARDED = textwrap.dedent(
     sys.path.insert(0, os.environ["BLPJAX_TESTS"])
     import jax, numpy as np
     jax.config.update("jax_numpy_rank_promotion", "raise")
-    from test_scaleout import SIGMA, PI, estimate_kwargs, skewed_problem, summary
+    from test_scaleout import estimate_kwargs, skewed_problem, summary
     from blpjax._scaleout import ScaleOut, estimate_scaled
 
     assert jax.device_count() == 8
     problem = skewed_problem()
     spec, kwargs = estimate_kwargs(problem)
-    out = {"plain": [s.tolist() for s in summary(problem.solve(SIGMA, PI, method="2s").steps)]}
+    out = {}
     for name, scale in (("sharded", ScaleOut(devices=8)), ("sharded+chunked", ScaleOut(devices=3, market_batch_size=2))):
         steps = estimate_scaled(scale, spec, problem.setup, problem.products, **kwargs)
         out[name] = [s.tolist() for s in summary(steps)]
@@ -154,8 +156,9 @@ _SHARDED = textwrap.dedent(
 )
 
 
-def test_sharded_estimate_over_8_devices_equals_plain():
-    """A subprocess with 8 host devices: sharded (and sharded in chunks over 3 of them) ≡ Problem.solve."""
+def test_sharded_estimate_over_8_devices_equals_plain(plain):
+    """A subprocess with 8 host devices: sharded (and sharded in chunks over 3 of them) ≡ Problem.solve here."""
+    _, reference, _ = plain
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=8",
@@ -166,5 +169,5 @@ def test_sharded_estimate_over_8_devices_equals_plain():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("RESULT", 1)[1])
     for name in ("sharded", "sharded+chunked"):
-        assert_same_estimates([np.asarray(s) for s in out[name]], [np.asarray(s) for s in out["plain"]], name)
+        assert_same_estimates([np.asarray(s) for s in out[name]], reference, name)
         assert out[name + " delta"] > 0  # δ came back on the (T, J) layout, not left at δ₀
