@@ -78,7 +78,8 @@ def skewed_problem(seed: int = 0):
     return problem, spec
 
 
-def first_call(f):
+def timed(f):
+    """(f(), seconds) with the result ready (also used by memory.py)."""
     t0 = time.perf_counter()
     out = jax.block_until_ready(f())
     return out, time.perf_counter() - t0
@@ -109,7 +110,7 @@ def run_problem(name, problem, spec, repeats, max_buckets):
     config, x, d0 = ContractionConfig(), jnp.asarray(spec.x0), problem.logit_delta()
     J_t, I_t = market_sizes(setup.mask, setup.market.weights)
     padded = lambda: _value_and_grad(spec, config, x, d0, conc, setup)  # noqa: E731
-    (q, g, ev), first = first_call(padded)
+    (q, g, ev), first = timed(padded)
     vg = jax.jit(bucketed_value_and_grad, static_argnums=(0, 1, 6))
     fns, plans, firsts, outs = {"padded": padded}, {}, {}, {}
     for k in range(1, max_buckets + 1):
@@ -117,7 +118,7 @@ def run_problem(name, problem, spec, repeats, max_buckets):
         bsetup = bucket_setup(setup, plan)
         fns[k] = lambda bsetup=bsetup: vg(spec.unpack, config, x, d0, conc, bsetup, None)
         plans[k] = plan
-        outs[k], firsts[k] = first_call(fns[k])
+        outs[k], firsts[k] = timed(fns[k])
     runs = round_robin(fns, repeats)
     best = min(runs["padded"])
     T = len(J_t)
