@@ -13,6 +13,16 @@ The pandas front is :func:`monte_carlo` (simulate R datasets from a :class:`Simu
 and estimate them) and :class:`MonteCarlo` (estimates, standard errors and diagnostics as
 DataFrames labelled like ``Results.parameters``, ``summary()`` of bias, RMSE and coverage, and
 ``plot()`` of the sampling distributions).
+
+Micro moments enter the same program: each replication gets its own :class:`._micro.MicroSetup`
+(stacked on the replication axis like the set-ups), and without a user W each replication runs
+the initial update at the starting values that :meth:`Problem.solve` runs. For studies of
+simulated data, :func:`survey_micro_moments` gives a moment the observed value of a survey of
+N_d consumers drawn from the true model in that replication (sampling noise of size N_d, the
+size the micro covariance block assumes), and :func:`optimal_micro_moments_at_truth` builds
+optimal (score) micro moments with the scores evaluated at the true parameters: an infeasible,
+"oracle" simplification of Conlon & Gortmaker (2025), who evaluate them at a first-step θ̂.
+See ``notebooks/monte_carlo.ipynb``.
 """
 
 from __future__ import annotations
