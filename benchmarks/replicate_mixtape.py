@@ -35,6 +35,13 @@ trust-constr, gtol = xtol = 1e-8):
   F1B04's price in C01Q2, ξ fixed) with these estimates.
 
 With ``--check-pyblp`` the objective of the just-identified Exercise 2.5 (≈ 0) is compared absolutely.
+
+Exercise 3 (micro moments; see :data:`EX3_INCOME` and following): ``ex3.income``, ``ex3.full``, ``ex3.size`` and
+``ex3.rcnl`` as their specifications say; ``ex3.optimal``: the optimal micro moments supplemental
+(:data:`EX3_OPTIMAL`): ``score_1_income`` is the mean score for π on 1 × log income of 100 buyers simulated once
+(blpjax, :func:`ex3_simulated_survey`) and scored by each library at its own Exercise 3.2 estimate with the same
+1,000 draws per respondent and per agent (:func:`ex3_score_rows`); ``sigma_1`` (with π_1 and standard errors) is
+re-estimated with that moment in place of the income moment.
 """
 
 from __future__ import annotations
@@ -339,6 +346,10 @@ EX3_SIZE = {
 }
 #: Nesting supplemental: nests = firms, ρ from 0.1 in [0, 0.99], plus the same-firm diversion moment.
 EX3_RCNL = dict(EX3_FULL, moments=("income", "outside", "mushy", "firm"), rho=0.1)
+#: Optimal micro moments supplemental: simulate the income survey (N = 100 buyers, ``seed``) from the Exercise 3.2
+#: fit, integrate each respondent's unobserved tastes with ``draws`` normal draws, replace the income moment by the
+#: mean-score moment for π on 1 × log income (keeping both diversion moments) and re-estimate from Σ = diag(2, 4, 6).
+EX3_OPTIMAL = dict(sigma=np.diag([2.0, 4.0, 6.0]), pi=EX3_FULL["pi"], moments=("outside", "mushy"), draws=1000, seed=0)
 
 
 def _ex3_inputs(data_dir: Path, size: float = 1.0, nested: bool = False):
@@ -420,6 +431,44 @@ def ex3_micro_moments_pyblp(product_data: pd.DataFrame, names=("income", "outsid
     return [pyblp.MicroMoment(parts[n].name, EX3_VALUES[n], parts[n]) for n in names]
 
 
+def ex3_score_rows(observations: pd.DataFrame, draws: int = EX3_OPTIMAL["draws"], seed: int = EX3_OPTIMAL["seed"]):
+    """Explicit integration rows for scores: observation n (the n-th row of ``observations``) repeated over
+    ``draws`` standard normal nodes, weights 1/draws, ``micro_ids`` = n.
+
+    The nodes of observation n are ``blpjax.Integration("monte_carlo", draws, seed).build(3, market=n)``: the rule
+    blpjax applies to the n-th observation when given ``integration=``, so PyBLP, given these rows, integrates
+    with identical draws (blpjax's agent scores with that integration number the agents of the dataset's markets
+    n = 0, 1, ... in market, then agent order).
+    """
+    import blpjax
+
+    integration = blpjax.Integration("monte_carlo", draws, seed=seed)
+    nodes = np.concatenate([integration.build(len(EX3_X2), market=n)[0] for n in range(len(observations))])
+    rows = observations.reset_index(drop=True).loc[np.repeat(np.arange(len(observations)), draws)]
+    rows = rows.reset_index(drop=True).assign(micro_ids=np.repeat(np.arange(len(observations)), draws))
+    return rows.assign(weights=1 / draws, **{f"nodes{k}": nodes[:, k] for k in range(nodes.shape[1])})
+
+
+_EX3_SURVEY: dict[str, pd.DataFrame] = {}
+
+
+def ex3_simulated_survey(data_dir: Path = DEFAULT_DATA, full=None) -> pd.DataFrame:
+    """The simulated income survey: 100 buyers drawn (``EX3_OPTIMAL["seed"]``) from blpjax's Exercise 3.2 fit.
+
+    Columns ``micro_ids``, ``market_ids``, ``agent_indices``, ``choice_indices``, ``log_income``. Simulated once per
+    data folder and cached, so that blpjax and PyBLP score the same micro data; ``full`` (blpjax's Exercise 3.2
+    results) avoids re-estimating it.
+    """
+    key = str(Path(data_dir).resolve())
+    if key not in _EX3_SURVEY:
+        if full is None:
+            full = _ex3_solve(data_dir, EX3_FULL)
+        dataset = ex3_micro_moments(("income",))[0].parts.dataset
+        sim = full.simulate_micro_data(dataset, seed=EX3_OPTIMAL["seed"])
+        _EX3_SURVEY[key] = sim[["micro_ids", "market_ids", "agent_indices", "choice_indices", "log_income"]].copy()
+    return _EX3_SURVEY[key]
+
+
 def _outside_pct(cf: pd.DataFrame, market=CF_MARKET) -> float:
     m = cf[cf["market_ids"] == market]
     return float(100 * ((1 - m["new_shares"].sum()) / (1 - m["shares"].sum()) - 1))
@@ -433,27 +482,84 @@ def _ex3_keys(out: dict, prefix: str, sigma, sigma_se, pi, pi_se, price, price_s
     out[f"{prefix}.price"], out[f"{prefix}.price_se"] = float(price), float(price_se)
 
 
-def exercise3(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -> dict:
-    """Exercise 3.1, 3.2, the market-size and nesting supplementals with blpjax."""
+def _ex3_solve(data_dir: Path, spec: dict, size: float = 1.0, nested: bool = False, extra_moments=(), problem=None):
+    """One Exercise 3 specification with blpjax (``extra_moments`` go before the specification's own)."""
     import blpjax
 
-    optimizer = blpjax.ScipyOptimizer("trust-constr", gtol=1e-8, xtol=1e-8)
-
-    def solve(spec, size=1.0, nested=False):
+    if problem is None:
         products, agents = _ex3_inputs(data_dir, size, nested)
         problem = blpjax.Problem(
             products, linear=("prices",), nonlinear=EX3_X2, absorb=FE, agent_data=agents, demographics=("log_income",)
         )
-        kwargs = dict(rho=spec["rho"], rho_bounds=(0.0, 0.99)) if nested else {}
-        return problem.solve(
-            spec["sigma"],
-            spec["pi"],
-            method="1s",
-            optimizer=optimizer,
-            sigma_bounds=pyblp_default_sigma_bounds(spec["sigma"]),
-            micro_moments=ex3_micro_moments(spec["moments"]),
-            **kwargs,
-        )
+    kwargs = dict(rho=spec["rho"], rho_bounds=(0.0, 0.99)) if nested else {}
+    return problem.solve(
+        spec["sigma"],
+        spec["pi"],
+        method="1s",
+        optimizer=blpjax.ScipyOptimizer("trust-constr", gtol=1e-8, xtol=1e-8),
+        sigma_bounds=pyblp_default_sigma_bounds(spec["sigma"]),
+        micro_moments=[*extra_moments, *ex3_micro_moments(spec["moments"])],
+        **kwargs,
+    )
+
+
+def ex3_optimal_moment(full, survey: pd.DataFrame):
+    """blpjax's optimal micro moment for π on 1 × log income from the simulated ``survey`` at the fit ``full``.
+
+    Its value is the mean observed score (each respondent integrated with :func:`ex3_score_rows`); its part's
+    values are the agent scores (every agent of the two markets and every choice, integrated with the same rule).
+    """
+    import jax.numpy as jnp
+
+    import blpjax
+
+    dataset = ex3_micro_moments(("income",))[0].parts.dataset
+    integration = blpjax.Integration("monte_carlo", EX3_OPTIMAL["draws"], seed=EX3_OPTIMAL["seed"])
+    scores = full.compute_micro_scores(dataset, ex3_score_rows(survey[["market_ids", "choice_indices", "log_income"]]))
+    agent = full.compute_agent_scores(dataset, integration=integration)
+    label = "pi[1, log_income]"
+    rows = list(full.problem.index.market_ids)
+    table = np.zeros((len(rows),) + agent[label].shape[1:])
+    table[[rows.index(t) for t in EX3_MARKETS]] = agent[label]
+    table = jnp.asarray(table)
+    part = blpjax.MicroPart(f"score[{label}]", dataset, lambda m, table=table: table[m.t])
+    return blpjax.MicroMoment(f"score[{label}]", float(scores[label].mean()), part), scores
+
+
+def ex3_optimal_moment_pyblp(full, products: pd.DataFrame, agents: pd.DataFrame, survey: pd.DataFrame):
+    """The same optimal micro moment in PyBLP, integrating respondents and agents with the same explicit draws.
+
+    PyBLP's ``compute_agent_scores`` is given the agents of the two markets as micro data (market, then agent
+    order, rows from :func:`ex3_score_rows`), which reproduces blpjax's ``integration=`` draws exactly.
+    """
+    import pyblp
+
+    def arrays(df):
+        return {c: df[c].to_numpy() for c in df.columns}
+
+    dataset = ex3_micro_moments_pyblp(products, ("income",))[0].parts[0].dataset
+    p = list(full.theta_labels).index("1 x log_income")
+    rows = ex3_score_rows(survey[["market_ids", "choice_indices", "log_income"]])
+    scores = np.asarray(full.compute_micro_scores(dataset, arrays(rows))[p])
+    surveyed = pd.concat([agents[agents["market_ids"] == t] for t in EX3_MARKETS])
+    agent = full.compute_agent_scores(dataset, arrays(ex3_score_rows(surveyed[["market_ids", "log_income"]])))[p]
+    part = pyblp.MicroPart(
+        "score[pi[1, log_income]]", dataset, lambda t, p, a, agent=agent: np.nan_to_num(np.asarray(agent[t]))
+    )
+    return pyblp.MicroMoment("score[pi[1, log_income]]", float(scores.mean()), part), scores
+
+
+def _ex3_optimal_keys(out: dict, score, sigma, sigma_se, pi, pi_se):
+    out["ex3.optimal.score_1_income"] = float(score)
+    out["ex3.optimal.sigma_1"], out["ex3.optimal.sigma_1_se"] = float(sigma[0, 0]), float(sigma_se[0, 0])
+    out["ex3.optimal.pi_1_income"], out["ex3.optimal.pi_1_income_se"] = float(pi[0, 0]), float(pi_se[0, 0])
+
+
+def exercise3(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -> dict:
+    """Exercise 3.1, 3.2, the market-size, optimal micro moments and nesting supplementals with blpjax."""
+
+    def solve(spec, size=1.0, nested=False):
+        return _ex3_solve(data_dir, spec, size, nested)
 
     out: dict = {}
     income = solve(EX3_INCOME)
@@ -472,6 +578,10 @@ def exercise3(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -> dict
         res = solve(spec, spec["size"])
         outside.append(_outside_pct(res.counterfactual(counterfactual_prices(product_data), name="prices")))
     out["ex3.size.outside_pct"] = outside
+    survey = ex3_simulated_survey(data_dir, full)
+    moment, _ = ex3_optimal_moment(full, survey)
+    optimal = _ex3_solve(data_dir, EX3_OPTIMAL, extra_moments=[moment], problem=full.problem)
+    _ex3_optimal_keys(out, moment.value, optimal.sigma, optimal.sigma_se, optimal.pi, optimal.pi_se)
     rcnl = solve(EX3_RCNL, nested=True)
     out["ex3.rcnl.rho"], out["ex3.rcnl.rho_se"] = float(rcnl.rho[0]), float(rcnl.rho_se[0])
     return out
@@ -484,7 +594,7 @@ def exercise3_pyblp(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -
     pyblp.options.verbose = False
     optimization = pyblp.Optimization("trust-constr", {"gtol": 1e-8, "xtol": 1e-8})
 
-    def solve(spec, size=1.0, nested=False):
+    def solve(spec, size=1.0, nested=False, extra_moments=()):
         products, agents = _ex3_inputs(data_dir, size, nested)
         problem = pyblp.Problem(
             (
@@ -503,7 +613,7 @@ def exercise3_pyblp(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -
             method="1s",
             optimization=optimization,
             iteration=pyblp.Iteration("squarem", {"atol": 1e-14}),
-            micro_moments=ex3_micro_moments_pyblp(products, spec["moments"]),
+            micro_moments=[*extra_moments, *ex3_micro_moments_pyblp(products, spec["moments"])],
             **kwargs,
         ), products
 
@@ -530,6 +640,10 @@ def exercise3_pyblp(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -
         shares, new = cf_shares(res, products)
         outside.append(float(100 * ((1 - new.sum()) / (1 - shares.sum()) - 1)))
     out["ex3.size.outside_pct"] = outside
+    products, agents = _ex3_inputs(data_dir)
+    moment, _ = ex3_optimal_moment_pyblp(full, products, agents, ex3_simulated_survey(data_dir))
+    optimal, _ = solve(EX3_OPTIMAL, extra_moments=[moment])
+    _ex3_optimal_keys(out, moment.value, optimal.sigma, optimal.sigma_se, optimal.pi, optimal.pi_se)
     rcnl, _ = solve(EX3_RCNL, nested=True)
     out["ex3.rcnl.rho"], out["ex3.rcnl.rho_se"] = (
         float(np.asarray(rcnl.rho).ravel()[0]),
