@@ -110,6 +110,7 @@ def _micro_steps(problem: Problem, cfg: SimulationConfig, survey_markets: int, b
         times[name] = time.perf_counter() - t0
         columns[name] = res
     _compare(columns, truth, times)
+    print("   (σ multiplies a symmetric ν, so only its magnitude is identified)")
     if columns["+ E[income | j > 0]"].micro is not None:
         print(columns["+ E[income | j > 0]"].micro_values.to_string(float_format=lambda v: f"{v: .4f}"))
 
