@@ -27,6 +27,7 @@ from ._optimize import OptaxOptimizer as OptaxOptimizer
 from ._optimize import ScipyOptimizer as ScipyOptimizer
 from ._problem import Problem as Problem
 from ._results import Results as Results
+from ._scaleout import ScaleOut as ScaleOut
 from ._simulate import SimulationConfig as SimulationConfig
 from ._simulate import simulate as simulate
 
@@ -48,6 +49,7 @@ __all__ = [
     "Problem",
     "Products",
     "Results",
+    "ScaleOut",
     "ScipyOptimizer",
     "Status",
     "Theta",

@@ -23,8 +23,8 @@ from ._gmm import (
     SE_TYPES,
     Concentration,
     instrument_moments,
-    moment_covariances,
     parameter_covariances,
+    stacked_moment_covariances,
     symmetric_inverse,
 )
 from ._markets import Products
@@ -33,6 +33,7 @@ from ._micro import moment_covariances as micro_moment_covariances
 from ._objective import Setup, deltas_at_solution, objective, structural_errors
 from ._optimize import OptaxOptimizer, ScipyOptimizer, optax_minimize, scipy_minimize
 from ._params import ParameterSpec
+from ._supply import all_costs, supply_moments
 
 
 class StepResult(eqx.Module):
@@ -62,35 +63,57 @@ class StepResult(eqx.Module):
     delta0: Float[Array, "T J"] | None = None
     micro_values: Float[Array, " MM"] | None = None
     micro_covariances: Float[Array, "MM MM"] | None = None
+    gamma: Float[Array, " K3"] | None = None
+    omega: Float[Array, "T J"] | None = None
+    costs: Float[Array, "T J"] | None = None
+    markups: Float[Array, "T J"] | None = None
+    cost_errors: Array | None = None
+    clipped_costs: Array | None = None
 
 
 def _post_step(
     x, delta, g_delta, spec, setup, conc, X1_raw, cluster_ids, n_clusters, se_type, W_type, step, config, micro=None
 ):
     """Statistics of a step at its estimate x with converged δ (jitted once per problem)."""
-    beta = conc.B @ g_delta
+    K1 = setup.X1.shape[-1]
+    coefficients = conc.B @ g_delta  # (β, γ)
+    beta = coefficients[:K1]
     xi = structural_errors(delta, setup, beta)
     fe = jnp.where(setup.mask, delta - X1_raw @ beta - xi, 0.0)
     moments = conc.C @ g_delta
-    M = setup.Z.shape[-1]
+    M = setup.M
+    supply = setup.supply
+    theta_hat = spec.unpack(x)
+    gamma = omega = costs = None
+    blocks = [(xi, setup.Z)]
+    if supply is not None:
+        gamma = coefficients[K1:]
+        costs = all_costs(delta, theta_hat, setup, jnp.zeros(K1))
+        omega = jnp.where(setup.mask, costs.transformed - supply.X3 @ gamma, 0.0)
+        blocks.append((omega, supply.ZS))
 
     def stacked_moments(x_):
         theta = spec.unpack(x_)
         d = deltas_at_solution(theta, setup, delta)
         g = instrument_moments(setup.Z, d, setup.mask, setup.N)
+        if supply is not None:
+            c = all_costs(d, theta, setup, jnp.zeros(K1))
+            g = jnp.concatenate([g, supply_moments(c.transformed, setup)])
         if micro is not None:
             g = jnp.concatenate([g, micro_moments(theta, setup.market, d, micro)])
         return g
 
     MW = M + (micro.MM if micro is not None else 0)
     G_theta = jax.jacfwd(stacked_moments)(x) if spec.P else jnp.zeros((MW, 0))
-    ZX = setup.ZX if micro is None else jnp.concatenate([setup.ZX, jnp.zeros((micro.MM, setup.ZX.shape[1]))])
+    ZX = setup.ZX_all
+    if micro is not None:
+        ZX = jnp.concatenate([ZX, jnp.zeros((micro.MM, ZX.shape[1]))])
     G = jnp.concatenate([G_theta, -ZX], axis=1)
-    S_w = moment_covariances(xi, setup.Z, setup.mask, setup.N, W_type, cluster_ids, n_clusters)
+    S_w = stacked_moment_covariances(blocks, setup.mask, setup.N, W_type, cluster_ids, n_clusters)
     S = (
         S_w
         if se_type == W_type
-        else moment_covariances(xi, setup.Z, setup.mask, setup.N, se_type, cluster_ids, n_clusters)
+        else stacked_moment_covariances(blocks, setup.mask, setup.N, se_type, cluster_ids, n_clusters)
     )
     micro_values = micro_cov = None
     if micro is not None:
@@ -117,6 +140,10 @@ def _post_step(
         updated_W=updated_W,
         micro_values=micro_values,
         micro_covariances=micro_cov,
+        gamma=gamma,
+        omega=omega,
+        costs=None if costs is None else costs.costs,
+        markups=None if costs is None else costs.eta,
     )
 
 
@@ -186,7 +213,7 @@ def estimate(
         W_D = jnp.asarray(initial_W)
         W = jax.scipy.linalg.block_diag(W_D, jnp.zeros((MM, MM)))
         if micro is not None:
-            conc = Concentration.build(setup.ZX, W)
+            conc = Concentration.build(setup.ZX_all, W)
             _, _, ev = _value_and_grad(spec, config, jnp.asarray(x), delta0, conc, setup, micro)
             out = _post(jnp.asarray(x), ev.delta, ev.g_delta, spec, setup, conc, *post_args, 0, config, micro)
             W = out["updated_W"]
@@ -195,7 +222,7 @@ def estimate(
     results: list[StepResult] = []
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
-        conc = Concentration.build(setup.ZX, W)
+        conc = Concentration.build(setup.ZX_all, W)
         if spec.P:
             if isinstance(optimizer, ScipyOptimizer):
                 res = scipy_minimize(
@@ -246,6 +273,12 @@ def estimate(
                 delta0,
                 out["micro_values"],
                 out["micro_covariances"],
+                out["gamma"],
+                out["omega"],
+                out["costs"],
+                out["markups"],
+                ev.cost_errors,
+                ev.clipped_costs,
             )
         )
         W = out["updated_W"]

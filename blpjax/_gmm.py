@@ -58,16 +58,36 @@ def moment_covariances(
     center: bool = True,
 ) -> Float[Array, "M M"]:
     """S, the covariance of the product moments z_j ξ_j (PyBLP's conventions)."""
-    w = mask.astype(xi.dtype)
-    xi = xi * w
-    M = Z.shape[-1]
-    Zf = Z.reshape(-1, M) * w.reshape(-1, 1)
+    return stacked_moment_covariances([(xi, Z)], mask, N, se_type, cluster_ids, n_clusters, center)
+
+
+def stacked_moment_covariances(
+    blocks: list[tuple[Float[Array, "T J"], Float[Array, "T J Mb"]]],
+    mask: Bool[Array, "T J"],
+    N: int,
+    se_type: str,
+    cluster_ids: Int[Array, "T J"] | None = None,
+    n_clusters: int = 0,
+    center: bool = True,
+) -> Float[Array, "M M"]:
+    """S of stacked product moments (z_Dj ξ_j, z_Sj ω_j, ...): one (residual, instruments) pair per block.
+
+    Robust and clustered S are the (centred) outer products of the stacked contributions;
+    unadjusted S has blocks Σ_ab Z_a'Z_b/N with Σ the covariance of the residuals (as PyBLP).
+    """
+    w = mask.astype(blocks[0][0].dtype)
+    flat = [((u * w).reshape(-1), Z.reshape(-1, Z.shape[-1]) * w.reshape(-1, 1)) for u, Z in blocks]
     if se_type == "unadjusted":
-        mean = jnp.sum(xi) / N
-        var = jnp.sum(w * (xi - mean) ** 2) / N
-        S = var * Zf.T @ Zf / N
+        U = jnp.stack([u for u, _ in flat], axis=1)  # (TJ, B)
+        U = (U - jnp.sum(U, axis=0, keepdims=True) / N) * w.reshape(-1, 1)
+        sigma_u = U.T @ U / N
+        rows = [
+            jnp.concatenate([sigma_u[a, b] * Za.T @ Zb / N for b, (_, Zb) in enumerate(flat)], axis=1)
+            for a, (_, Za) in enumerate(flat)
+        ]
+        S = jnp.concatenate(rows, axis=0)
     else:
-        g = Zf * xi.reshape(-1, 1)
+        g = jnp.concatenate([Z * u[:, None] for u, Z in flat], axis=1)
         if center:
             g = (g - jnp.sum(g, axis=0, keepdims=True) / N) * w.reshape(-1, 1)
         if se_type == "clustered":

@@ -20,6 +20,7 @@ from ._implicit import Market, Theta, delta_at_solution, solve_delta
 from ._logit import logit_delta
 from ._markets import Agents, Products
 from ._micro import MicroSetup, micro_moments
+from ._supply import SupplySetup, all_costs, supply_moments
 
 
 class Setup(eqx.Module):
@@ -35,9 +36,22 @@ class Setup(eqx.Module):
     N: int = eqx.field(static=True)
     K2: int = eqx.field(static=True)
     fe_sizes: tuple[int, ...] = eqx.field(static=True)
+    supply: SupplySetup | None = None
+
+    @property
+    def M(self) -> int:
+        """Product moments: demand instruments, then supply instruments."""
+        return self.Z.shape[-1] + (self.supply.MS if self.supply is not None else 0)
+
+    @property
+    def ZX_all(self) -> Float[Array, "M K"]:
+        """Z'X/N of the stacked (demand, supply) linear IV problem: block diagonal in (β, γ)."""
+        if self.supply is None:
+            return self.ZX
+        return jax.scipy.linalg.block_diag(self.ZX, self.supply.ZX3)
 
     @classmethod
-    def build(cls, products: Products, agents: Agents) -> Setup:
+    def build(cls, products: Products, agents: Agents, supply: SupplySetup | None = None) -> Setup:
         mask = products.mask
         T, J = mask.shape
         log_S = jnp.where(mask, jnp.log(jnp.where(mask, products.shares, 1.0)), 0.0)
@@ -57,6 +71,7 @@ class Setup(eqx.Module):
             N,
             products.X2.shape[-1],
             products.fe_sizes,
+            supply,
         )
 
 
@@ -96,8 +111,10 @@ class Evaluation(eqx.Module):
     delta: Float[Array, "T J"]
     evaluations: Int[Array, " T"]
     status: Int[Array, " T"]
-    g_delta: Float[Array, " M"]
+    g_delta: Float[Array, " M"]  # Z'y/N of the stacked linear IV problem: (Z_D'δ, Z_S'f(c))/N
     g_micro: Float[Array, " MM"] | None = None
+    cost_errors: Int[Array, ""] | None = None  # log costs: nonpositive marginal costs (moments are NaN)
+    clipped_costs: Int[Array, ""] | None = None
 
 
 def objective(
@@ -110,17 +127,23 @@ def objective(
 ) -> tuple[Array, Evaluation]:
     """q(θ) = N ḡ'Wḡ with β concentrated out, and the evaluation's by-products.
 
-    With ``micro``, ḡ stacks the product moments and the micro moments observed − f(v(θ)).
+    With a supply side, the product moments stack Z_D'ξ and Z_S'ω (β and γ concentrated out
+    jointly); with ``micro``, ḡ then stacks the micro moments observed − f(v(θ)).
     """
     fp = solve_deltas(theta, setup, delta0, config)
     g_delta = instrument_moments(setup.Z, fp.x, setup.mask, setup.N)
+    cost_errors = clipped = None
+    if setup.supply is not None:
+        costs = all_costs(fp.x, theta, setup, jnp.zeros(setup.X1.shape[-1]))
+        g_delta = jnp.concatenate([g_delta, supply_moments(costs.transformed, setup)])
+        cost_errors, clipped = jnp.sum(costs.nonpositive), jnp.sum(costs.clipped)
     g = conc.C @ g_delta  # residualise first: ḡ'Qḡ_δ would lose the small q to cancellation
     g_micro = None
     if micro is not None:
         g_micro = micro_moments(theta, setup.market, fp.x, micro)
         g = jnp.concatenate([g, g_micro])
     q = setup.N * g @ conc.W @ g
-    return q, Evaluation(fp.x, fp.evaluations, fp.status, g_delta, g_micro)
+    return q, Evaluation(fp.x, fp.evaluations, fp.status, g_delta, g_micro, cost_errors, clipped)
 
 
 def structural_errors(delta, setup: Setup, beta) -> Float[Array, "T J"]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from functools import partial
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import pandas as pd
 
 from ._config import check_x64
 from ._contraction import ContractionConfig
-from ._data import build_agents, build_products
+from ._data import build_agents, build_products, build_supply_arrays
 from ._errors import BLPSpecificationError
 from ._estimate import estimate
 from ._gmm import symmetric_inverse
@@ -21,6 +24,8 @@ from ._objective import Setup
 from ._optimize import OptaxOptimizer, ScipyOptimizer
 from ._params import build_parameters
 from ._results import Results
+from ._scaleout import ScaleOut, check_supported, estimate_scaled
+from ._supply import build_supply_setup
 
 
 class Problem:
@@ -38,6 +43,18 @@ class Problem:
         demographics: demographic columns of ``agent_data`` (columns of Π).
         integration: an :class:`Integration` rule to build nodes instead of ``nodes*`` columns.
         rho_by_nest: one ρ per nest instead of one shared ρ.
+        costs: columns of X3 (marginal-cost characteristics; ``"1"`` is the constant). Non-empty adds
+            a Bertrand–Nash supply side: needs ``firm_ids`` and ``supply_instruments0``..; the X3
+            columns are their own instruments. Prices must enter utility through X2 only.
+        costs_type: ``"linear"`` (c = X3γ + ω) or ``"log"`` (log c = X3γ + ω).
+        price_derivatives: ∂column/∂price of X1/X2 columns other than ``prices`` (a number, or a
+            column name for interactions), e.g. ``{"neg_prices": -1}`` for a column of −prices.
+        devices: spread markets over devices: ``None`` (default device), an int n (the first n of
+            ``jax.devices()``, all hosts after ``jax.distributed.initialize()``) or a list of devices.
+        buckets: solve markets in at most this many (J, I) size classes (``"auto"``: up to 8), one
+            program each, instead of padding all to the largest market. Not with ``devices``.
+        market_batch_size: solve and differentiate this many markets at a time (bounds memory).
+            See README "Large problems"; estimates equal the default path's to rounding.
 
     Example:
         >>> problem = Problem(df, linear=("prices",), absorb=("market_ids", "product_ids"))
@@ -54,6 +71,12 @@ class Problem:
         demographics: Sequence[str] = (),
         integration: Integration | None = None,
         rho_by_nest: bool = False,
+        costs: Sequence[str] = (),
+        costs_type: str = "linear",
+        price_derivatives: dict | None = None,
+        devices=None,
+        buckets: int | str | None = None,
+        market_batch_size: int | None = None,
     ):
         check_x64()
         for name, v in (
@@ -61,6 +84,7 @@ class Problem:
             ("nonlinear", nonlinear),
             ("absorb", absorb),
             ("demographics", demographics),
+            ("costs", costs),
         ):
             if isinstance(v, str):
                 raise BLPSpecificationError(f"{name} must be a sequence of column names, not the string {v!r}.")
@@ -70,7 +94,15 @@ class Problem:
         self.product_data = product_data
         self.products, self.index = build_products(product_data, self.linear, self.nonlinear, self.absorb)
         self.agents = build_agents(agent_data, self.index, len(self.nonlinear), self.demographics, integration)
-        self.setup = Setup.build(self.products, self.agents)
+        self.costs, self.costs_type = tuple(costs), costs_type
+        supply = None
+        if self.costs:
+            arrays = build_supply_arrays(product_data, self.index, self.costs, costs_type, price_derivatives)
+            self.zs_names = arrays["zs_names"]
+            supply = build_supply_setup(self.products, arrays, costs_type)
+        self.setup = Setup.build(self.products, self.agents, supply)
+        self.scale = ScaleOut(devices, buckets, market_batch_size)  # validated here, before any numerics
+        check_supported(self.scale, self.setup, None)
         self.agent_data = agent_data
         self._views = None
 
@@ -83,6 +115,11 @@ class Problem:
     def build_micro(self, micro_moments: Sequence[MicroMoment]):
         """Validate micro moments and evaluate their weights and values once."""
         return build_micro(micro_moments, self.micro_market_views(), self.index)
+
+    @property
+    def supply(self) -> bool:
+        """Whether the problem has a supply side."""
+        return self.setup.supply is not None
 
     @property
     def N(self) -> int:
@@ -117,6 +154,7 @@ class Problem:
         rho_bounds=None,
         delta=None,
         micro_moments: Sequence[MicroMoment] | None = None,
+        costs_bounds: tuple[float | None, float | None] | None = None,
     ) -> Results:
         """Estimate by one-step (``"1s"``) or two-step (``"2s"``) GMM.
 
@@ -132,6 +170,8 @@ class Problem:
             delta: starting mean utilities (default: the logit inversion).
             micro_moments: :class:`MicroMoment` s stacked with the product moments. Without ``W``, an
                 initial update at the starting values sets W (as PyBLP).
+            costs_bounds: ``(lower, upper)`` to clip marginal costs to (e.g. ``(1e-3, None)`` with log
+                costs); clipped counts are reported.
 
         Raises:
             BLPSpecificationError: inconsistent parameters, too few moments, bad options.
@@ -154,16 +194,27 @@ class Problem:
             self.rho_by_nest,
             list(self.index.nest_labels),
         )
-        K1, M = len(self.linear), self.setup.Z.shape[-1]
+        setup = self.setup
+        if costs_bounds is not None:
+            if setup.supply is None:
+                raise BLPSpecificationError("costs_bounds needs a supply side (Problem(..., costs=[...])).")
+            lo, hi = costs_bounds
+            bounds = (-float("inf") if lo is None else float(lo), float("inf") if hi is None else float(hi))
+            setup = eqx.tree_at(lambda s: s.supply, setup, dataclasses.replace(setup.supply, costs_bounds=bounds))
+        K1, M = len(self.linear) + (setup.supply.K3 if setup.supply else 0), setup.M
         micro, micro_labels = (None, None) if not micro_moments else self.build_micro(micro_moments)
         MM = micro.MM if micro is not None else 0
         if M + MM < K1 + spec.P:
             raise BLPSpecificationError(
-                f"too few moments: {M} instruments (exogenous X1 columns + demand_instruments) for {K1} linear and "
+                f"too few moments: {M} instruments (exogenous X1 columns + demand_instruments, and X3 columns + "
+                f"supply_instruments with a supply side) for {K1} linear and "
                 f"{spec.P} nonlinear parameters. Add excluded instruments (demand_instruments*)."
             )
-        Z = self.setup.Z.reshape(-1, M)
-        W_2sls = symmetric_inverse(Z.T @ Z / self.N)
+        ZD = setup.Z.reshape(-1, setup.Z.shape[-1])
+        W_2sls = symmetric_inverse(ZD.T @ ZD / self.N)
+        if setup.supply is not None:
+            ZS = setup.supply.ZS.reshape(-1, setup.supply.MS)
+            W_2sls = jax.scipy.linalg.block_diag(W_2sls, symmetric_inverse(ZS.T @ ZS / self.N))
         if W is None:
             W = None if micro is not None else W_2sls
         else:
@@ -175,9 +226,10 @@ class Problem:
         delta0 = self.logit_delta() if delta is None else jnp.asarray(delta)
         if delta0.ndim == 1:  # flat, in product_data's row order
             delta0 = jnp.asarray(self.index.padded(delta0))
-        steps = estimate(
+        run = estimate if self.scale.plain else partial(estimate_scaled, self.scale)
+        steps = run(
             spec,
-            self.setup,
+            setup,
             self.products,
             W=W,
             steps=1 if method == "1s" else 2,
@@ -189,4 +241,4 @@ class Problem:
             micro=micro,
             initial_W=W_2sls,
         )
-        return Results(self, spec, steps, contraction or ContractionConfig(), micro, micro_labels)
+        return Results(self, spec, steps, contraction or ContractionConfig(), micro, micro_labels, setup)

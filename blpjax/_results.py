@@ -57,8 +57,10 @@ class Results:
         config: ContractionConfig,
         micro: MicroSetup | None = None,
         micro_labels: MicroLabels | None = None,
+        setup=None,
     ):
         self.problem, self.spec, self.steps, self.config = problem, spec, steps, config
+        self.setup = problem.setup if setup is None else setup
         self.micro, self.micro_labels = micro, micro_labels
         self.final = steps[-1]
         self.theta = spec.unpack(self.final.theta)
@@ -71,7 +73,11 @@ class Results:
 
     @property
     def labels(self) -> list[str]:
-        return list(self.spec.labels) + [f"beta[{n}]" for n in self.problem.linear]
+        return (
+            list(self.spec.labels)
+            + [f"beta[{n}]" for n in self.problem.linear]
+            + [f"gamma[{n}]" for n in self.problem.costs]
+        )
 
     @property
     def beta(self) -> pd.Series:
@@ -79,7 +85,40 @@ class Results:
 
     @property
     def beta_se(self) -> pd.Series:
-        return pd.Series(np.asarray(self.final.se[self.spec.P :]), index=list(self.problem.linear), name="beta_se")
+        P, K1 = self.spec.P, len(self.problem.linear)
+        return pd.Series(np.asarray(self.final.se[P : P + K1]), index=list(self.problem.linear), name="beta_se")
+
+    @property
+    def gamma(self) -> pd.Series:
+        """Marginal-cost parameters γ (empty without a supply side)."""
+        values = np.zeros(0) if self.final.gamma is None else np.asarray(self.final.gamma)
+        return pd.Series(values, index=list(self.problem.costs), name="gamma", dtype=np.float64)
+
+    @property
+    def gamma_se(self) -> pd.Series:
+        start = self.spec.P + len(self.problem.linear)
+        return pd.Series(np.asarray(self.final.se[start:]), index=list(self.problem.costs), name="gamma_se")
+
+    def _supply_array(self, name: str) -> np.ndarray:
+        value = getattr(self.final, name)
+        if value is None:
+            raise BLPSpecificationError(f"{name} need a supply side: build the Problem with costs=[...].")
+        return self._flat(value)
+
+    @property
+    def costs(self) -> np.ndarray:
+        """Marginal costs c = p − η (after costs_bounds clipping), in product_data's row order."""
+        return self._supply_array("costs")
+
+    @property
+    def markups(self) -> np.ndarray:
+        """Bertrand–Nash markups η = p − c, in product_data's row order."""
+        return self._supply_array("markups")
+
+    @property
+    def omega(self) -> np.ndarray:
+        """Cost structural errors ω = f(c) − X3γ, in product_data's row order."""
+        return self._supply_array("omega")
 
     @property
     def sigma(self) -> np.ndarray:
@@ -120,7 +159,7 @@ class Results:
     @property
     def parameters(self) -> pd.DataFrame:
         """Tidy table of every estimated parameter: estimate and standard error."""
-        est = np.r_[np.asarray(self.final.theta), np.asarray(self.final.beta)]
+        est = np.r_[np.asarray(self.final.theta), np.asarray(self.final.beta), self.gamma.to_numpy()]
         return pd.DataFrame(
             {"estimate": est, "se": np.asarray(self.final.se)}, index=pd.Index(self.labels, name="parameter")
         )
@@ -159,9 +198,10 @@ class Results:
             from ._estimate import objective_hessian
             from ._gmm import Concentration
 
-            p = self.problem
-            conc = Concentration.build(p.setup.ZX, self.final.W)
-            H = objective_hessian(self.spec, self.config, self.final.theta, self.final.delta, conc, p.setup, self.micro)
+            conc = Concentration.build(self.setup.ZX_all, self.final.W)
+            H = objective_hessian(
+                self.spec, self.config, self.final.theta, self.final.delta, conc, self.setup, self.micro
+            )
             self._hessian = np.asarray(H)
         return self._hessian
 
@@ -196,15 +236,28 @@ class Results:
 
     @property
     def converged(self) -> bool:
-        """Every market's share inversion converged and the optimiser reported success."""
-        return bool(np.all(np.asarray(self.final.status) == 0)) and self.final.optimizer_success
+        """Every market's share inversion converged, every log marginal cost was defined, and the optimiser
+        reported success."""
+        costs_ok = self.final.cost_errors is None or int(self.final.cost_errors) == 0
+        return bool(np.all(np.asarray(self.final.status) == 0)) and self.final.optimizer_success and costs_ok
 
     @property
     def contraction_summary(self) -> dict:
         ev = np.asarray(self.final.evaluations)
         status = np.asarray(self.final.status)
         failed = {self.problem.index.market_ids[t]: Status(int(s)).explain() for t, s in enumerate(status) if s}
-        return {"mean_evaluations": float(ev.mean()), "max_evaluations": int(ev.max()), "failed_markets": failed}
+        out = {"mean_evaluations": float(ev.mean()), "max_evaluations": int(ev.max()), "failed_markets": failed}
+        if self.final.cost_errors is not None:
+            out["nonpositive_costs"] = int(self.final.cost_errors)
+            out["clipped_costs"] = int(self.final.clipped_costs)
+            if out["nonpositive_costs"]:
+                out["costs_message"] = (
+                    f"{out['nonpositive_costs']} marginal cost(s) p − η ≤ 0, so log costs (and the supply moments) "
+                    "are undefined: pass costs_bounds=(small positive, None) to clip them (as PyBLP), use "
+                    "costs_type='linear', or revisit the demand specification (markups above prices mean "
+                    "demand is too inelastic)."
+                )
+        return out
 
     def summary(self) -> str:
         f = self.final

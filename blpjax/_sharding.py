@@ -167,7 +167,7 @@ def shard_setup(setup: Setup, mesh: Mesh) -> Setup:
     setup = pad_setup(setup, T_new)
     specs = setup_specs(setup)
     return jax.tree_util.tree_map(
-        lambda a, s: _put(a, NamedSharding(mesh, s)), setup, specs, is_leaf=lambda x: isinstance(x, P) or x is None
+        lambda a, s: _put(a, NamedSharding(mesh, s)), setup, specs, is_leaf=lambda x: isinstance(x, P)
     )
 
 

@@ -1,0 +1,223 @@
+"""The supply side (Bertrand–Nash markups, log/linear marginal costs, stacked GMM) against PyBLP.
+
+PyBLP runs in the tests on its bundled Petrin (2002) data, cut to a few markets and agents so
+that both libraries evaluate the same problem quickly: objective, gradient, β, γ, their standard
+errors, costs, markups, ω, the updated weighting matrix and micro values at the same θ. The
+gradient is also checked against central finite differences of blpjax's own objective, for the
+plain and the nested (RCNL) share Jacobian.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import blpjax
+from blpjax._contraction import ContractionConfig
+from blpjax._errors import BLPSpecificationError
+from blpjax._estimate import _value_and_grad
+from blpjax._gmm import Concentration
+from blpjax._scores import results_at
+
+pyblp = pytest.importorskip("pyblp")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import petrin  # noqa: E402
+
+TOL = 1e-13  # as PyBLP's Petrin tutorial: 1e-14 is below the rounding noise of δ in some markets
+AGENTS = 40  # of the 1,000 per market: all 13 markets (fewer make market-level instruments collinear)
+
+
+def _subset(nested: bool = False):
+    products, agents = petrin.load()
+    agents = agents.groupby("market_ids").head(AGENTS).reset_index(drop=True)
+    agents["weights"] = 1.0 / AGENTS
+    if nested:
+        products["nesting_ids"] = np.where(products["mi"] + products["sw"] + products["su"] + products["pv"] > 0, 1, 0)
+    return products, agents
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
+
+
+def _pyblp_order(K1, MD_excluded, K3, MS_excluded, MM):
+    """Positions in blpjax's moment order of PyBLP's: PyBLP puts excluded instruments first."""
+    d_exog, d_excl = list(range(K1)), list(range(K1, K1 + MD_excluded))
+    s0 = K1 + MD_excluded
+    s_exog, s_excl = list(range(s0, s0 + K3)), list(range(s0 + K3, s0 + K3 + MS_excluded))
+    m0 = s0 + K3 + MS_excluded
+    return d_excl + d_exog + s_excl + s_exog + list(range(m0, m0 + MM))
+
+
+@pytest.mark.parametrize("costs_type,with_micro", [("log", True), ("linear", False)])
+def test_supply_matches_pyblp_at_fixed_theta(costs_type, with_micro):
+    products, agents = _subset()
+    bj_products, bj_agents = petrin.blpjax_data(products, agents)
+    problem = blpjax.Problem(
+        bj_products,
+        linear=petrin.X1,
+        nonlinear=petrin.X2,
+        agent_data=bj_agents,
+        demographics=petrin.DEMOGRAPHICS,
+        costs=petrin.X3,
+        costs_type=costs_type,
+        price_derivatives={"neg_prices": -1.0},
+    )
+    pproblem = pyblp.Problem(
+        tuple(pyblp.Formulation(f) for f in petrin.PYBLP_FORMULATIONS),
+        products,
+        pyblp.Formulation(petrin.PYBLP_AGENT_FORMULATION),
+        agents,
+        costs_type=costs_type,
+    )
+    options = dict(se_type="clustered", W_type="clustered")
+    p_options = dict(options)
+    options["contraction"] = ContractionConfig(tol=TOL)
+    if with_micro:
+        options["micro_moments"] = petrin.blpjax_micro_moments()
+        p_options["micro_moments"] = petrin.pyblp_micro_moments()
+    res = results_at(problem, petrin.SIGMA, petrin.PI, **options)
+    pres = pproblem.solve(
+        petrin.SIGMA,
+        petrin.PI,
+        method="1s",
+        optimization=pyblp.Optimization("return"),
+        iteration=pyblp.Iteration("squarem", {"atol": TOL}),
+        check_optimality="gradient",
+        **p_options,
+    )
+    assert res.contraction_summary["nonpositive_costs"] == 0 and not res.contraction_summary["failed_markets"]
+    assert _rel(res.objective, pres.objective) < 1e-9
+    assert _rel(res.gradient, pres.gradient) < 1e-5
+    assert _rel(res.beta, pres.beta) < 1e-6
+    assert _rel(res.gamma, pres.gamma) < 1e-6
+    theta_se = np.r_[np.asarray(pres.sigma_se)[petrin.SIGMA != 0], np.asarray(pres.pi_se)[petrin.PI != 0]]
+    assert _rel(res.final.se[: res.spec.P], theta_se) < 1e-6
+    assert _rel(res.beta_se, pres.beta_se) < 1e-6
+    assert _rel(res.gamma_se, pres.gamma_se) < 1e-6
+    assert _rel(res.costs, pres.compute_costs()) < 1e-10
+    np.testing.assert_allclose(res.markups, products["prices"].to_numpy() - res.costs, rtol=1e-12)
+    np.testing.assert_allclose(res.omega, np.asarray(pres.omega).ravel(), atol=1e-7 * np.abs(res.omega).max())
+    MM = res.micro.MM if res.micro is not None else 0
+    order = _pyblp_order(len(petrin.X1), 22, len(petrin.X3), 16, MM)
+    W = res.updated_W[np.ix_(order, order)]
+    S, S_p = np.linalg.inv(W), np.linalg.inv(np.asarray(pres.updated_W))
+    assert np.max(np.abs(S - S_p)) < 1e-7 * np.max(np.abs(S_p))
+    if with_micro:
+        assert _rel(res.micro_values["estimated"], pres.micro_values) < 1e-12
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_supply_gradient_matches_finite_differences(nested):
+    products, agents = _subset(nested)
+    bj_products, bj_agents = petrin.blpjax_data(products, agents)
+    problem = blpjax.Problem(
+        bj_products,
+        linear=petrin.X1,
+        nonlinear=petrin.X2,
+        agent_data=bj_agents,
+        demographics=petrin.DEMOGRAPHICS,
+        costs=petrin.X3,
+        costs_type="linear" if nested else "log",
+        price_derivatives={"neg_prices": -1.0},
+    )
+    config = ContractionConfig(tol=TOL)
+    if nested:  # less heterogeneity: the damped nested contraction converges at these values
+        res = results_at(problem, petrin.SIGMA * 0.25, petrin.PI * 0.5, np.array([0.3]), contraction=config)
+    else:
+        res = results_at(problem, petrin.SIGMA, petrin.PI, contraction=config)
+    assert not res.contraction_summary["failed_markets"]
+    spec, setup = res.spec, problem.setup
+    conc = Concentration.build(setup.ZX_all, jnp.asarray(res.W))
+    x = jnp.asarray(res.final.theta)
+    delta0 = res.final.delta
+
+    def value(y):
+        return float(_value_and_grad(spec, config, jnp.asarray(y), delta0, conc, setup)[0])
+
+    q, grad, _ = _value_and_grad(spec, config, x, delta0, conc, setup)
+    assert np.isclose(float(q), res.objective, rtol=1e-12)
+    checked = [0, 1, spec.P - 2, spec.P - 1] if nested else range(spec.P)  # nested: Σ, Π and ρ entries
+    fd = np.empty(spec.P)
+    for p in checked:
+        h = 1e-5 * max(1.0, abs(float(x[p])))
+        e = np.zeros(spec.P)
+        e[p] = h
+        fd[p] = (value(np.asarray(x) + e) - value(np.asarray(x) - e)) / (2 * h)
+    checked = list(checked)
+    np.testing.assert_allclose(np.asarray(grad)[checked], fd[checked], rtol=2e-5, atol=2e-6 * np.abs(fd[checked]).max())
+
+
+def test_markups_match_logit_closed_form():
+    """Plain logit with single-product firms: η_j = 1 / (α (1 − s_j)) exactly."""
+    from blpjax._simulate import SimulationConfig, simulate
+
+    product_data, _, _ = simulate(SimulationConfig(markets=4, agents=10, seed=3))
+    product_data = product_data.copy()
+    product_data["firm_ids"] = np.arange(len(product_data))
+    product_data["supply_instruments0"] = product_data["demand_instruments0"]
+    product_data["neg_prices"] = -product_data["prices"]
+    agents = product_data[["market_ids"]].drop_duplicates().assign(weights=1.0, nodes0=0.0, one=1.0)
+    problem = blpjax.Problem(
+        product_data,
+        linear=("1", "x"),
+        nonlinear=("neg_prices",),
+        agent_data=agents,
+        demographics=("one",),
+        costs=("1", "x"),
+        price_derivatives={"neg_prices": -1.0},
+    )
+    alpha = 1.7
+    res = results_at(problem, np.zeros((1, 1)), np.array([[alpha]]))
+    s = product_data["shares"].to_numpy()
+    np.testing.assert_allclose(res.markups, 1 / (alpha * (1 - s)), rtol=1e-12)
+
+
+def test_supply_errors_teach():
+    products, agents = _subset()
+    bj_products, bj_agents = petrin.blpjax_data(products, agents)
+    common = dict(agent_data=bj_agents, demographics=petrin.DEMOGRAPHICS, costs=petrin.X3)
+    with pytest.raises(BLPSpecificationError, match="mean price coefficient"):
+        blpjax.Problem(bj_products, linear=("1", "prices"), nonlinear=petrin.X2, **common)
+    with pytest.raises(BLPSpecificationError, match="prices must enter utility"):
+        blpjax.Problem(bj_products, linear=petrin.X1, nonlinear=petrin.X2, **common)
+    with pytest.raises(blpjax.BLPDataError, match="firm_ids"):
+        blpjax.Problem(
+            bj_products.drop(columns="firm_ids"),
+            linear=petrin.X1,
+            nonlinear=petrin.X2,
+            price_derivatives={"neg_prices": -1.0},
+            **common,
+        )
+    with pytest.raises(BLPSpecificationError, match="costs_type"):
+        blpjax.Problem(
+            bj_products,
+            linear=petrin.X1,
+            nonlinear=petrin.X2,
+            costs_type="exp",
+            price_derivatives={"neg_prices": -1.0},
+            **common,
+        )
+    # nonpositive marginal costs under log costs are reported, with the fix
+    problem = blpjax.Problem(
+        bj_products,
+        linear=petrin.X1,
+        nonlinear=petrin.X2,
+        costs_type="log",
+        price_derivatives={"neg_prices": -1.0},
+        **common,
+    )
+    res = results_at(problem, petrin.SIGMA, petrin.PI / 50)
+    summary = res.contraction_summary
+    assert summary["nonpositive_costs"] > 0 and "costs_bounds" in summary["costs_message"]
+    assert not res.converged
+    clipped = results_at(problem, petrin.SIGMA, petrin.PI / 50, costs_bounds=(1e-3, None))
+    assert clipped.contraction_summary["clipped_costs"] == summary["nonpositive_costs"]
+    assert np.isfinite(clipped.objective)
+    jax.clear_caches()
