@@ -330,11 +330,55 @@ def mixtape_ex3_case() -> Case | None:
     )
 
 
+def petrin_case() -> Case:
+    """PyBLP's Petrin (2002) tutorial: supply side (log costs) and ten ratio micro moments, 2-step clustered GMM."""
+    import pyblp
+
+    import blpjax
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import petrin
+
+    products, agents = petrin.load()
+    tol = 1e-13  # PyBLP's tutorial loosens SQUAREM's tolerance to 1e-13 for this problem
+    return Case(
+        "petrin",
+        "PyBLP Petrin (2002) micro-moments tutorial: X1 = 13 characteristics, X2 = 1 + (-prices) + 9 "
+        "characteristics, 9 demographics (income-group price sensitivity, family size x draw), log marginal "
+        "costs on 12 characteristics (supply side), 10 CEX ratio micro moments (29,125 observations), 13 markets x "
+        "1,000 agents, initial update then 2-step GMM, W and SEs clustered by product, BFGS gtol 1e-4, SQUAREM tol 1e-13",
+        lambda: petrin.pyblp_problem(products, agents),
+        dict(
+            sigma=petrin.SIGMA,
+            pi=petrin.PI,
+            method="2s",
+            optimization=pyblp.Optimization("bfgs", {"gtol": 1e-4}),
+            iteration=pyblp.Iteration("squarem", {"atol": tol}),
+            se_type="clustered",
+            W_type="clustered",
+            micro_moments=petrin.pyblp_micro_moments(),
+        ),
+        lambda: petrin.blpjax_problem(products, agents),
+        dict(
+            sigma=petrin.SIGMA,
+            pi=petrin.PI,
+            method="2s",
+            optimizer=blpjax.ScipyOptimizer("bfgs", gtol=1e-4),
+            contraction=blpjax.ContractionConfig(tol=tol),
+            se_type="clustered",
+            W_type="clustered",
+            micro_moments=petrin.blpjax_micro_moments(),
+        ),
+        dict(method="2s", optimizer="bfgs", gtol=1e-4, tol=tol, expected_objective=182.7195),
+    )
+
+
 CASES: dict[str, Callable[[], Case | None]] = {
     "nevo": nevo_case,
     "blp": blp_case,
     "mixtape_ex2": mixtape_ex2_case,
     "mixtape_ex3": mixtape_ex3_case,
+    "petrin": petrin_case,
 }
 
 
@@ -416,13 +460,16 @@ def run_case(case: Case, repeats: int) -> dict:
             f"{case.name}: parameter shapes differ: PyBLP θ {p_theta.shape} β {p_beta.shape}, "
             f"blpjax θ {b_theta.shape} β {b_beta.shape}"
         )
-    p_all, b_all = np.r_[p_theta, p_beta], np.r_[b_theta, b_beta]
+    p_gamma = np.asarray(presults.gamma, float).ravel() if presults.gamma is not None else np.zeros(0)
+    b_gamma = bres.gamma.to_numpy(dtype=float)
+    p_all, b_all = np.r_[p_theta, p_beta, p_gamma], np.r_[b_theta, b_beta, b_gamma]
     abs_diff = np.abs(b_all - p_all)
     rel_diff = abs_diff / np.maximum(np.abs(p_all), np.finfo(float).tiny)
     labels = list(bres.labels)
     p_labels = [str(l) for l in presults.theta_labels] + [str(l) for l in presults.beta_labels]
+    p_labels += [str(l) for l in presults.gamma_labels] if presults.gamma is not None else []
     # warm solves must reproduce the first one
-    warm_vs_first = float(np.max(np.abs(np.r_[np.asarray(bfirst.final.theta), bfirst.beta] - b_all), initial=0.0))
+    warm_vs_first = float(np.max(np.abs(np.r_[np.asarray(bfirst.final.theta), bfirst.beta, bfirst.gamma] - b_all), initial=0.0))
 
     fp = np.asarray(presults.contraction_evaluations)
     fp_cold = np.asarray(pcold.contraction_evaluations)[:, 0]
