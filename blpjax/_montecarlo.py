@@ -170,6 +170,11 @@ def stack_problems(
     """
     if not problems:
         raise BLPSpecificationError("a Monte Carlo needs at least one replication.")
+    if any(p.setup.supply is not None for p in problems):
+        raise BLPSpecificationError(
+            "Monte Carlo replications with a supply side are not supported yet: estimate them one by one with "
+            "Problem.solve, or drop costs=... for the vmapped study."
+        )
     setup = _stack([p.setup for p in problems], "set-ups")
     R = len(problems)
     M = setup.Z.shape[-1]
