@@ -426,3 +426,10 @@ class Results:
         from ._scores import optimal_micro_moments
 
         return optimal_micro_moments(self, dataset, micro_data, integration)
+
+    # --- approximate optimal instruments (see blpjax._optimal_iv) ----------------------------
+    def compute_optimal_instruments(self, method: str = "approximate", expected_prices=None):
+        """PyBLP-style approximate optimal demand instruments (:func:`._optimal_iv.compute_optimal_instruments`)."""
+        from ._optimal_iv import compute_optimal_instruments
+
+        return compute_optimal_instruments(self, method, expected_prices)

@@ -1,0 +1,88 @@
+"""Approximate optimal instruments vs PyBLP on the Nevo cereal data, at the same θ."""
+
+import numpy as np
+import pandas as pd
+import pyblp
+import pytest
+
+import blpjax
+from blpjax._scores import results_at
+
+pyblp.options.verbose = False
+
+SIGMA = np.diag([0.3302, 2.4526, 0.0163, 0.2441])
+PI = np.array([[5.4819, 0, 0.2037, 0], [15.8935, -1.2000, 0, 2.6342], [-0.2506, 0, 0.0511, 0], [1.2650, 0, -0.8091, 0]])
+DEMOGRAPHICS = ("income", "income_squared", "age", "child")
+
+
+def _pyblp_at(problem):
+    return problem.solve(SIGMA, PI, optimization=pyblp.Optimization("return"), method="1s", check_optimality="gradient")
+
+
+@pytest.fixture(scope="module")
+def nevo():
+    products = pd.read_csv(pyblp.data.NEVO_PRODUCTS_LOCATION)
+    agents = pd.read_csv(pyblp.data.NEVO_AGENTS_LOCATION)
+    pb_problem = pyblp.Problem(
+        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation("1 + prices + sugar + mushy")),
+        products,
+        pyblp.Formulation("0 + " + " + ".join(DEMOGRAPHICS)),
+        agents,
+    )
+    pb_results = _pyblp_at(pb_problem)
+    pb_optimal = pb_results.compute_optimal_instruments()  # default: reduced-form expected prices
+    problem = blpjax.Problem(
+        products,
+        linear=("prices",),
+        nonlinear=("1", "prices", "sugar", "mushy"),
+        absorb=("product_ids",),
+        agent_data=agents,
+        demographics=DEMOGRAPHICS,
+    )
+    results = results_at(problem, SIGMA, PI)
+    return pb_results, pb_optimal, results
+
+
+def _rel(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+
+def test_optimal_instruments_match_pyblp(nevo):
+    pb_results, pb_optimal, results = nevo
+    assert abs(results.objective - float(pb_results.objective)) <= 1e-8 * float(pb_results.objective)
+
+    # default expected prices: reduced-form fitted values on the absorbed instruments
+    default = results.compute_optimal_instruments()
+    assert _rel(default.expected_prices, pb_optimal.expected_prices[:, 0]) < 1e-10
+
+    # the same expected prices in both libraries
+    optimal = results.compute_optimal_instruments(expected_prices=pb_optimal.expected_prices)
+    assert optimal.demand_instruments.shape == pb_optimal.demand_instruments.shape == (results.problem.N, 13)
+    assert _rel(optimal.expected_shares, pb_optimal.expected_shares[:, 0]) < 1e-10
+    assert abs(optimal.inverse_covariance / pb_optimal.inverse_covariance_matrix[0, 0] - 1) < 1e-8
+    assert _rel(optimal.xi_jacobian, pb_optimal.expected_xi_by_theta_jacobian) < 1e-8
+    for k in range(13):  # column by column, relative to each column's scale
+        assert _rel(optimal.demand_instruments[:, k], pb_optimal.demand_instruments[:, k]) < 1e-8, k
+
+    excluded = optimal.excluded_instruments
+    assert list(excluded.columns) == [f"demand_instruments{k}" for k in range(14)]
+    np.testing.assert_allclose(excluded["demand_instruments13"], pb_optimal.expected_prices[:, 0], rtol=1e-12)
+
+
+def test_reestimate_with_optimal_instruments(nevo):
+    pb_results, pb_optimal, results = nevo
+    optimal = results.compute_optimal_instruments(expected_prices=pb_optimal.expected_prices)
+    problem = optimal.to_problem()
+    assert problem.setup.Z.shape[-1] == 14  # 13 for θ + prices at E[p | Z]; X1 has no exogenous column
+
+    # the new problem is PyBLP's OptimalInstrumentProblem: same objective at the same θ
+    pb_new = _pyblp_at(pb_optimal.to_problem())
+    at_theta = results_at(problem, SIGMA, PI)
+    assert abs(at_theta.objective / float(pb_new.objective) - 1) < 1e-7
+
+    # and it re-estimates: just identified, so the objective goes to ~0
+    new = problem.solve(SIGMA, PI, method="1s", optimizer=blpjax.ScipyOptimizer("bfgs", gtol=1e-6))
+    assert new.converged
+    assert new.objective < 1e-6 * at_theta.objective
+    assert np.all(np.isfinite(new.parameters["estimate"]))
