@@ -86,3 +86,30 @@ def test_reestimate_with_optimal_instruments(nevo):
     assert new.converged
     assert new.objective < 1e-6 * at_theta.objective
     assert np.all(np.isfinite(new.parameters["estimate"]))
+
+
+def test_nested_logit_with_exogenous_characteristics():
+    """ρ only (no random coefficients), exogenous X1 columns kept as their own instruments, as PyBLP."""
+    products = pd.read_csv(pyblp.data.NEVO_PRODUCTS_LOCATION)
+    products["nesting_ids"] = products["mushy"].astype(int)
+    pb_results = pyblp.Problem((pyblp.Formulation("1 + prices + sugar"),), products).solve(
+        rho=0.5, optimization=pyblp.Optimization("return"), method="1s"
+    )
+    pb_optimal = pb_results.compute_optimal_instruments()
+    problem = blpjax.Problem(products, linear=("1", "prices", "sugar"))
+    results = results_at(problem, rho=0.5)
+    assert _rel(results.compute_optimal_instruments().expected_prices, pb_optimal.expected_prices[:, 0]) < 1e-10
+    optimal = results.compute_optimal_instruments(expected_prices=pb_optimal.expected_prices)
+    assert optimal.labels == ("rho",)
+    assert _rel(optimal.demand_instruments, pb_optimal.demand_instruments) < 1e-8
+
+    new = optimal.to_problem()
+    pb_new = pb_optimal.to_problem().solve(rho=0.5, optimization=pyblp.Optimization("return"), method="1s")
+    assert new.setup.Z.shape[-1] == pb_new.problem.products.ZD.shape[1] == 4  # 1, sugar, Z_opt[rho], E[p | Z]
+    assert abs(results_at(new, rho=0.5).objective / float(pb_new.objective) - 1) < 1e-8
+
+    # plain logit: no θ, the only optimal excluded instrument is prices at E[p | Z]
+    plain = blpjax.Problem(products.drop(columns="nesting_ids"), linear=("1", "prices", "sugar"))
+    logit = results_at(plain).compute_optimal_instruments()
+    assert logit.demand_instruments.shape == (plain.N, 0)
+    assert list(logit.excluded_instruments.columns) == ["demand_instruments0"]
