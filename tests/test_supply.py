@@ -32,10 +32,10 @@ TOL = 1e-13  # as PyBLP's Petrin tutorial: 1e-14 is below the rounding noise of 
 AGENTS = 40  # of the 1,000 per market: all 13 markets (fewer make market-level instruments collinear)
 
 
-def _subset(nested: bool = False):
+def _subset(nested: bool = False, size: int = AGENTS):
     products, agents = petrin.load()
-    agents = agents.groupby("market_ids").head(AGENTS).reset_index(drop=True)
-    agents["weights"] = 1.0 / AGENTS
+    agents = agents.groupby("market_ids").head(size).reset_index(drop=True)
+    agents["weights"] = 1.0 / size
     if nested:
         products["nesting_ids"] = np.where(products["mi"] + products["sw"] + products["su"] + products["pv"] > 0, 1, 0)
     return products, agents
@@ -115,7 +115,7 @@ def test_supply_matches_pyblp_at_fixed_theta(costs_type, with_micro):
 
 @pytest.mark.parametrize("nested", [False, True])
 def test_supply_gradient_matches_finite_differences(nested):
-    products, agents = _subset(nested)
+    products, agents = _subset(nested, 12 if nested else AGENTS)  # nested: fewer agents, a cheaper jacfwd
     bj_products, bj_agents = petrin.blpjax_data(products, agents)
     problem = blpjax.Problem(
         bj_products,
@@ -143,7 +143,7 @@ def test_supply_gradient_matches_finite_differences(nested):
 
     q, grad, _ = _value_and_grad(spec, config, x, delta0, conc, setup)
     assert np.isclose(float(q), res.objective, rtol=1e-12)
-    checked = [0, 1, spec.P - 2, spec.P - 1] if nested else range(spec.P)  # nested: Σ, Π and ρ entries
+    checked = [0, spec.P - 2, spec.P - 1] if nested else range(spec.P)  # nested: Σ, Π and ρ entries
     fd = np.empty(spec.P)
     for p in checked:
         h = 1e-5 * max(1.0, abs(float(x[p])))
