@@ -84,7 +84,7 @@ def blpjax_data(products: pd.DataFrame, agents: pd.DataFrame, sigma=SIGMA):
     return products, out
 
 
-def blpjax_problem(products=None, agents=None):
+def blpjax_problem(products=None, agents=None, costs_type: str = "log"):
     import blpjax
 
     if products is None:
@@ -97,7 +97,7 @@ def blpjax_problem(products=None, agents=None):
         agent_data=agents,
         demographics=DEMOGRAPHICS,
         costs=X3,
-        costs_type="log",
+        costs_type=costs_type,
         price_derivatives={"neg_prices": -1.0},
     )
 

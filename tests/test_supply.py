@@ -58,17 +58,7 @@ def _pyblp_order(K1, MD_excluded, K3, MS_excluded, MM):
 @pytest.mark.parametrize("costs_type,with_micro", [("log", True), ("linear", False)])
 def test_supply_matches_pyblp_at_fixed_theta(costs_type, with_micro):
     products, agents = _subset()
-    bj_products, bj_agents = petrin.blpjax_data(products, agents)
-    problem = blpjax.Problem(
-        bj_products,
-        linear=petrin.X1,
-        nonlinear=petrin.X2,
-        agent_data=bj_agents,
-        demographics=petrin.DEMOGRAPHICS,
-        costs=petrin.X3,
-        costs_type=costs_type,
-        price_derivatives={"neg_prices": -1.0},
-    )
+    problem = petrin.blpjax_problem(products, agents, costs_type)
     pproblem = pyblp.Problem(
         tuple(pyblp.Formulation(f) for f in petrin.PYBLP_FORMULATIONS),
         products,
@@ -116,17 +106,7 @@ def test_supply_matches_pyblp_at_fixed_theta(costs_type, with_micro):
 @pytest.mark.parametrize("nested", [False, True])
 def test_supply_gradient_matches_finite_differences(nested):
     products, agents = _subset(nested, 12 if nested else AGENTS)  # nested: fewer agents, a cheaper jacfwd
-    bj_products, bj_agents = petrin.blpjax_data(products, agents)
-    problem = blpjax.Problem(
-        bj_products,
-        linear=petrin.X1,
-        nonlinear=petrin.X2,
-        agent_data=bj_agents,
-        demographics=petrin.DEMOGRAPHICS,
-        costs=petrin.X3,
-        costs_type="linear" if nested else "log",
-        price_derivatives={"neg_prices": -1.0},
-    )
+    problem = petrin.blpjax_problem(products, agents, "linear" if nested else "log")
     config = ContractionConfig(tol=TOL)
     if nested:  # less heterogeneity: the damped nested contraction converges at these values
         res = results_at(problem, petrin.SIGMA * 0.25, petrin.PI * 0.5, np.array([0.3]), contraction=config)
