@@ -45,6 +45,10 @@ class DatasetArrays(eqx.Module):
         second: weights have a second-choice axis.
         outside_second: the second-choice axis includes the outside good (B = 1 + J).
         observations: N_d, the number of survey observations.
+        factors: when every part's values are an outer product per market, v_pij = a_pi b_pj (a
+            demographic times a product characteristic, the common case), ``(a, b)`` with shapes
+            ``(P_d, T_d, I)`` and ``(P_d, T_d, A)``: the objective then reads O(I·A) numbers per part
+            and market instead of the dense values (first choices only; ``None`` otherwise).
     """
 
     markets: Int[Array, " Td"]
@@ -54,6 +58,7 @@ class DatasetArrays(eqx.Module):
     second: bool = eqx.field(static=True)
     outside_second: bool = eqx.field(static=True)
     observations: int = eqx.field(static=True)
+    factors: tuple[Array, Array] | None = None
 
 
 class MicroSetup(eqx.Module):
@@ -131,13 +136,16 @@ def choice_probabilities(
     return D[:, rows, cols]
 
 
-def _dataset_terms(delta, theta, market, weights, values, ds: DatasetArrays, second_moments: bool):
+def _dataset_terms(delta, theta, market, weights, values, ds: DatasetArrays, second_moments: bool, factors=None):
     """One market's Σ ω (denominator), Σ ω v_p (numerators) and optionally Σ ω v_p v_q."""
     probs = choice_probabilities(delta, theta, market, ds.outside_first, ds.second, ds.outside_second)
     agent_w = market.weights.reshape(market.weights.shape + (1,) * (probs.ndim - 1))
     omega = agent_w * weights * probs
-    axes = tuple(range(omega.ndim))
     den = jnp.sum(omega)
+    if factors is not None and not second_moments:
+        a, b = factors  # (P, I), (P, A): Σ_ij ω_ij a_pi b_pj
+        return jnp.sum(a * (b @ omega.T), axis=1), den, None
+    axes = tuple(range(omega.ndim))
     num = jnp.sum(omega[None] * values, axis=tuple(a + 1 for a in axes))
     if not second_moments:
         return num, den, None
@@ -149,10 +157,16 @@ def _dataset_terms(delta, theta, market, weights, values, ds: DatasetArrays, sec
 def _dataset_sums(theta: Theta, market_batch: Market, deltas, ds: DatasetArrays, second_moments: bool):
     market = jax.tree_util.tree_map(lambda a: a[ds.markets], market_batch)
     delta = deltas[ds.markets]
-    num, den, second = jax.vmap(
-        lambda d, m, w, v: _dataset_terms(d, theta, m, w, v, ds, second_moments),
-        in_axes=(0, 0, 0, 1),
-    )(delta, market, ds.weights, ds.values)
+    if ds.factors is not None and not second_moments:
+        num, den, second = jax.vmap(
+            lambda d, m, w, f: _dataset_terms(d, theta, m, w, None, ds, False, f),
+            in_axes=(0, 0, 0, (1, 1)),
+        )(delta, market, ds.weights, ds.factors)
+    else:
+        num, den, second = jax.vmap(
+            lambda d, m, w, v: _dataset_terms(d, theta, m, w, v, ds, second_moments),
+            in_axes=(0, 0, 0, 1),
+        )(delta, market, ds.weights, ds.values)
     return jnp.sum(num, axis=0), jnp.sum(den), None if second is None else jnp.sum(second, axis=0)
 
 

@@ -207,6 +207,27 @@ def _evaluate(fn: Callable, views: MicroMarket, what: str, expected=None) -> np.
     return arr
 
 
+def _outer_factors(values: np.ndarray, rtol: float = 1e-14):
+    """(a, b) with values[p, t] == outer(a[p, t], b[p, t]) for every part and market, or None.
+
+    Exact up to rounding: the factorisation is accepted only if it reproduces every value to
+    ``rtol`` of the largest, so using it changes nothing but the cost.
+    """
+    P, T, I, A = values.shape
+    flat = values.reshape(P * T, I, A)
+    a = np.zeros((P * T, I))
+    b = np.zeros((P * T, A))
+    for k, M in enumerate(flat):
+        i, j = np.unravel_index(np.argmax(np.abs(M)), M.shape)
+        if M[i, j] == 0:
+            continue
+        a[k] = M[:, j]
+        b[k] = M[i] / M[i, j]
+        if np.max(np.abs(M - np.outer(a[k], b[k]))) > rtol * abs(M[i, j]) * 4:
+            return None
+    return jnp.asarray(a.reshape(P, T, I)), jnp.asarray(b.reshape(P, T, A))
+
+
 def build_micro(
     moments: Sequence[MicroMoment],
     views: MicroMarket,
@@ -255,6 +276,7 @@ def build_micro(
         own = [p for p in parts if p.dataset is d]
         vals = np.stack([_evaluate(p.values, sub, f"values of micro part '{p.name}'", w.shape[1:]) for p in own])
         J = views.J
+        factors = _outer_factors(vals) if w.ndim == 3 else None
         arrays.append(
             DatasetArrays(
                 jnp.asarray(markets),
@@ -264,6 +286,7 @@ def build_micro(
                 second=w.ndim == 4,
                 outside_second=w.ndim == 4 and w.shape[3] == J + 1,
                 observations=int(d.observations),
+                factors=factors,
             )
         )
     part_pos = []
