@@ -365,7 +365,7 @@ def build_supply_arrays(
     costs_type: str,
     price_derivatives: dict | None,
 ) -> dict[str, np.ndarray]:
-    """Validate the supply side and build its padded arrays: X3, Z_S, ∂X1/∂p, ∂X2/∂p.
+    """Validate the supply side and build its padded arrays: X3, Z_S and ∂X2/∂p.
 
     Z_S holds the X3 columns (exogenous cost shifters) followed by ``supply_instruments0``, ...
     ``price_derivatives`` maps X1/X2 column names to ∂column/∂price: a number or the name of a
@@ -427,7 +427,6 @@ def build_supply_arrays(
     return {
         "X3": index.padded(X3),
         "ZS": index.padded(ZS),
-        "dX1": index.padded(dX1),
         "dX2": index.padded(dX2),
         "zs_names": tuple(x3) + tuple(excluded),
     }

@@ -88,7 +88,7 @@ def _post_step(
     blocks = [(xi, setup.Z)]
     if supply is not None:
         gamma = coefficients[K1:]
-        costs = all_costs(delta, theta_hat, setup, jnp.zeros(K1))
+        costs = all_costs(delta, theta_hat, setup)
         omega = jnp.where(setup.mask, costs.transformed - supply.X3 @ gamma, 0.0)
         blocks.append((omega, supply.ZS))
 
@@ -97,7 +97,7 @@ def _post_step(
         d = deltas_at_solution(theta, setup, delta)
         g = instrument_moments(setup.Z, d, setup.mask, setup.N)
         if supply is not None:
-            c = all_costs(d, theta, setup, jnp.zeros(K1))
+            c = all_costs(d, theta, setup)
             g = jnp.concatenate([g, supply_moments(c.transformed, setup)])
         if micro is not None:
             g = jnp.concatenate([g, micro_moments(theta, setup.market, d, micro)])

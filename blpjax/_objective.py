@@ -134,7 +134,7 @@ def objective(
     g_delta = instrument_moments(setup.Z, fp.x, setup.mask, setup.N)
     cost_errors = clipped = None
     if setup.supply is not None:
-        costs = all_costs(fp.x, theta, setup, jnp.zeros(setup.X1.shape[-1]))
+        costs = all_costs(fp.x, theta, setup)
         g_delta = jnp.concatenate([g_delta, supply_moments(costs.transformed, setup)])
         cost_errors, clipped = jnp.sum(costs.nonpositive), jnp.sum(costs.clipped)
     g = conc.C @ g_delta  # residualise first: ḡ'Qḡ_δ would lose the small q to cancellation

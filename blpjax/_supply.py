@@ -11,9 +11,10 @@ the supply moments are E[ω·z_S] = 0. γ is concentrated out jointly with β (s
 
 Everything here is written for one market and vmapped; η depends on θ and on δ(θ), and its
 derivatives come from autodiff through the implicit δ(θ) (no hand-written η-by-θ Jacobian).
-How prices enter utility is data: ``dX1``/``dX2`` hold ∂X/∂p for every X1/X2 column (1 for
-``prices``, −1 for a column holding −prices, a characteristic for an interaction, ...), so
-∂u_ij/∂p_j = dX1_j·β + dX2_j·(Σν_i + Πd_i).
+How prices enter utility is data: ``dX2`` holds ∂X2/∂p for every X2 column (1 for ``prices``,
+−1 for a column holding −prices, a characteristic for an interaction, ...), so
+∂u_ij/∂p_j = dX2_j·(Σν_i + Πd_i). Prices do not enter X1 under a supply side (the data front
+refuses it): the mean price coefficient would then be a linear parameter that markups depend on.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ class SupplyMarket(eqx.Module):
 
     prices: Float[Array, " J"]
     firm_ids: Int[Array, " J"]
-    dX1: Float[Array, "J K1"]  # ∂X1/∂p
     dX2: Float[Array, "J K2"]  # ∂X2/∂p
 
 
@@ -61,24 +61,23 @@ def build_supply_setup(products, arrays: dict, costs_type: str) -> SupplySetup:
     mask = products.mask[..., None]
     X3 = jnp.where(mask, jnp.asarray(arrays["X3"]), 0.0)
     ZS = jnp.where(mask, jnp.asarray(arrays["ZS"]), 0.0)
-    market = SupplyMarket(products.prices, products.firm_ids, jnp.asarray(arrays["dX1"]), jnp.asarray(arrays["dX2"]))
+    market = SupplyMarket(products.prices, products.firm_ids, jnp.asarray(arrays["dX2"]))
     ZX3 = jnp.einsum("tjm,tjk->mk", ZS, X3) / products.n_products
     return SupplySetup(market, X3, ZS, ZX3, costs_type)
 
 
-def utility_price_derivatives(theta, beta, X2_market, nodes, demographics, supply: SupplyMarket) -> Float[Array, "I J"]:
-    """∂u_ij/∂p_j = dX1_j·β + dX2_j·(Σν_i + Πd_i)."""
-    rc = random_coefficients(theta.sigma, theta.pi, nodes, demographics)  # (I, K2)
-    return (supply.dX1 @ beta)[None, :] + rc @ supply.dX2.T
+def utility_price_derivatives(theta, nodes, demographics, supply: SupplyMarket) -> Float[Array, "I J"]:
+    """∂u_ij/∂p_j = dX2_j·(Σν_i + Πd_i)."""
+    return random_coefficients(theta.sigma, theta.pi, nodes, demographics) @ supply.dX2.T
 
 
-def share_price_jacobian(delta, theta, market, supply: SupplyMarket, beta) -> Float[Array, "J J"]:
+def share_price_jacobian(delta, theta, market, supply: SupplyMarket) -> Float[Array, "J J"]:
     """∂s_j/∂p_k of one market (zero rows/columns on padded products)."""
     from ._implicit import market_mu  # local: _implicit imports nothing from here
 
     mask = market.mask
     mu_ = market_mu(theta, market)
-    a = utility_price_derivatives(theta, beta, market.X2, market.nodes, market.demographics, supply)
+    a = utility_price_derivatives(theta, market.nodes, market.demographics, supply)
     a = jnp.where(mask[None, :], a, 0.0)
     if not theta.nested:
         P = FactoredMarket.build(mu_, market.weights, mask).probabilities(delta)  # (I, J)
@@ -103,13 +102,13 @@ def model_shares(delta, theta, market) -> Float[Array, " J"]:
     return shares(delta, market_mu(theta, market), market.weights, market.mask, market.nest_ids, rho)
 
 
-def markups(delta, theta, market, supply: SupplyMarket, beta, ownership=None) -> Float[Array, " J"]:
+def markups(delta, theta, market, supply: SupplyMarket, ownership=None) -> Float[Array, " J"]:
     """η = Δ⁻¹ s with Δ = −O ⊙ (∂s/∂p)ᵀ (0 on padded products)."""
     mask = market.mask
     J = delta.shape[0]
     if ownership is None:
         ownership = ownership_matrix(supply.firm_ids, mask)
-    jac = share_price_jacobian(delta, theta, market, supply, beta)
+    jac = share_price_jacobian(delta, theta, market, supply)
     capital_delta = -ownership * jac.T
     capital_delta = jnp.where(mask[:, None] & mask[None, :], capital_delta, jnp.eye(J, dtype=delta.dtype))
     s = jnp.where(mask, model_shares(delta, theta, market), 0.0)
@@ -131,10 +130,10 @@ class Costs(eqx.Module):
     nonpositive: Int[Array, ""]  # log costs: how many costs were ≤ 0 (the moments are then NaN)
 
 
-def market_costs(delta, theta, market, supply: SupplyMarket, beta, costs_type: str, bounds) -> Costs:
+def market_costs(delta, theta, market, supply: SupplyMarket, costs_type: str, bounds) -> Costs:
     """c = p − η, clipped to ``bounds``, and f(c)."""
     mask = market.mask
-    eta = markups(delta, theta, market, supply, beta)
+    eta = markups(delta, theta, market, supply)
     raw = supply.prices - eta
     lo, hi = bounds
     c = jnp.clip(raw, lo, hi)
@@ -148,11 +147,11 @@ def market_costs(delta, theta, market, supply: SupplyMarket, beta, costs_type: s
     return Costs(jnp.where(mask, eta, 0.0), jnp.where(mask, c, 0.0), transformed, clipped, nonpositive)
 
 
-def all_costs(delta, theta, setup, beta) -> Costs:
+def all_costs(delta, theta, setup) -> Costs:
     """:func:`market_costs` vmapped over markets (``setup`` is an :class:`._objective.Setup` with supply)."""
     sup = setup.supply
-    return jax.vmap(market_costs, in_axes=(0, None, 0, 0, None, None, None))(
-        delta, theta, setup.market, sup.market, beta, sup.costs_type, sup.costs_bounds
+    return jax.vmap(market_costs, in_axes=(0, None, 0, 0, None, None))(
+        delta, theta, setup.market, sup.market, sup.costs_type, sup.costs_bounds
     )
 
 
