@@ -47,7 +47,7 @@ from ._gmm import SE_TYPES, Concentration, symmetric_inverse
 from ._micro import MicroSetup
 from ._objective import Setup
 from ._optimize import OptaxOptimizer, OptimizeResult, _projected_gradient_norm
-from ._params import ParameterSpec, build_parameters
+from ._params import ParameterSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -492,19 +492,7 @@ class MonteCarlo:
                 p0.rho_by_nest,
             ):
                 raise BLPSpecificationError("every replication must have the same specification.")
-        spec = build_parameters(
-            p0.nonlinear,
-            p0.demographics,
-            p0.products.n_nests,
-            sigma,
-            pi,
-            rho,
-            sigma_bounds,
-            pi_bounds,
-            rho_bounds,
-            p0.rho_by_nest,
-            list(p0.index.nest_labels),
-        )
+        spec = p0.parameter_spec(sigma, pi, rho, sigma_bounds, pi_bounds, rho_bounds)
         micro = micro_labels = None
         if micro_moments is not None:
             from ._micro_data import MicroMoment as _MicroMoment

@@ -116,6 +116,22 @@ class Problem:
         """Validate micro moments and evaluate their weights and values once."""
         return build_micro(micro_moments, self.micro_market_views(), self.index)
 
+    def parameter_spec(self, sigma=None, pi=None, rho=None, sigma_bounds=None, pi_bounds=None, rho_bounds=None):
+        """The free nonlinear parameters of this specification (a :class:`._params.ParameterSpec`)."""
+        return build_parameters(
+            self.nonlinear,
+            self.demographics,
+            self.products.n_nests,
+            sigma,
+            pi,
+            rho,
+            sigma_bounds,
+            pi_bounds,
+            rho_bounds,
+            self.rho_by_nest,
+            list(self.index.nest_labels),
+        )
+
     @property
     def supply(self) -> bool:
         """Whether the problem has a supply side."""
@@ -181,19 +197,7 @@ class Problem:
             raise BLPSpecificationError("method must be '1s' or '2s'.")
         if "clustered" in (se_type, W_type) and "clustering_ids" not in self.product_data.columns:
             raise BLPSpecificationError("clustered standard errors need a 'clustering_ids' column in product_data.")
-        spec = build_parameters(
-            self.nonlinear,
-            self.demographics,
-            self.products.n_nests,
-            sigma,
-            pi,
-            rho,
-            sigma_bounds,
-            pi_bounds,
-            rho_bounds,
-            self.rho_by_nest,
-            list(self.index.nest_labels),
-        )
+        spec = self.parameter_spec(sigma, pi, rho, sigma_bounds, pi_bounds, rho_bounds)
         setup = self.setup
         if costs_bounds is not None:
             if setup.supply is None:
