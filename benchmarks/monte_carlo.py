@@ -46,25 +46,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-
-
-def device_info() -> dict:
-    import jax
-
-    d = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "platform": d.platform,
-        "device_kind": d.device_kind,
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "jax_device_count": jax.device_count(),
-    }
+sys.path.insert(0, str(HERE))
+from compare_pyblp import device_info  # noqa: E402  (one description of the machine for every benchmark)
 
 
 def sigma_bounds(sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
