@@ -469,7 +469,9 @@ def run_case(case: Case, repeats: int) -> dict:
     p_labels = [str(l) for l in presults.theta_labels] + [str(l) for l in presults.beta_labels]
     p_labels += [str(l) for l in presults.gamma_labels] if presults.gamma is not None else []
     # warm solves must reproduce the first one
-    warm_vs_first = float(np.max(np.abs(np.r_[np.asarray(bfirst.final.theta), bfirst.beta, bfirst.gamma] - b_all), initial=0.0))
+    warm_vs_first = float(
+        np.max(np.abs(np.r_[np.asarray(bfirst.final.theta), bfirst.beta, bfirst.gamma] - b_all), initial=0.0)
+    )
 
     fp = np.asarray(presults.contraction_evaluations)
     fp_cold = np.asarray(pcold.contraction_evaluations)[:, 0]

@@ -1,12 +1,27 @@
-"""Floating-point configuration.
+"""Floating-point and compiler configuration.
 
 blpjax needs float64: share inversions are solved to 1e-14 and float32 cannot represent that.
 Importing :mod:`blpjax` therefore turns on ``jax_enable_x64`` once, at import time, and every
 entry point checks that it is still on (a program that turns it off later gets a clear error
 rather than silently wrong estimates).
+
+:func:`jit` is ``jax.jit`` with blpjax's XLA options for the backend the program runs on. On CPU
+the estimation programs are compiled at LLVM optimisation level 2 instead of XLA's default 3:
+measured on the Nevo problem (2 cores), level 2 compiles the value-and-gradient program 25%
+faster *and* runs it 20% faster (level 3's aggressive unrolling does not pay on these small
+loop bodies); on the Mixtape problem (1,000 agents) it runs at the same speed. Programs that run
+once per solve (the statistics of a step, the Hessian) use level 1 and XLA's older loop
+emitters (``xla_cpu_use_fusion_emitters=False``): the Nevo statistics program then compiles in
+0.40 s instead of 0.70 s and runs as fast (1.4 ms); the same emitters would cost the
+value-and-gradient program, which runs ~75 times per solve, 25% of its speed. Other backends get
+XLA's defaults. ``BLPJAX_CPU_OPT_LEVEL`` (an integer, or ``default``) overrides both levels, for
+experiments.
 """
 
 from __future__ import annotations
+
+import functools
+import os
 
 import jax
 
@@ -48,3 +63,47 @@ def enable_compilation_cache(directory: str | None = None, min_compile_seconds: 
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+def _cpu_level(default: int) -> int | None:
+    value = os.environ.get("BLPJAX_CPU_OPT_LEVEL")
+    if value is None:
+        return default
+    return None if value.strip().lower() == "default" else int(value)
+
+
+def jit(fun=None, *, once: bool = False, **jit_kwargs):
+    """``jax.jit`` with blpjax's compiler options for the default backend (see the module docstring).
+
+    ``once=True`` marks a program that runs once per solve (compile time matters more than run
+    time). The backend is read at the first call, so importing blpjax never initialises JAX's
+    backends. Inside another traced function the options are irrelevant (the outer program is
+    what gets compiled).
+    """
+    if fun is None:
+        return functools.partial(jit, once=once, **jit_kwargs)
+    jitted: dict[str, object] = {}
+
+    def get():
+        backend = jax.default_backend()
+        j = jitted.get(backend)
+        if j is None:
+            options = None
+            if backend == "cpu":
+                level = _cpu_level(1 if once else 2)
+                options = {} if level is None else {"xla_backend_optimization_level": level}
+                if once:  # XLA's older loop emitters: ~40% less compilation, the same run time here
+                    options["xla_cpu_use_fusion_emitters"] = False
+            j = jitted[backend] = jax.jit(fun, compiler_options=options, **jit_kwargs)
+        return j
+
+    plain = jax.jit(fun, **jit_kwargs)  # inside another trace: options belong to the outer program
+
+    @functools.wraps(fun)
+    def wrapper(*args, **kwargs):
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs)))
+        return (plain if traced else get())(*args, **kwargs)
+
+    wrapper.lower = lambda *args, **kwargs: get().lower(*args, **kwargs)
+    wrapper._cache_size = lambda: get()._cache_size()  # for tests that check nothing retraces
+    return wrapper

@@ -15,8 +15,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 from jaxtyping import Array, Float, Int
 
+from ._config import jit
 from ._contraction import ContractionConfig
 from ._errors import BLPSpecificationError
 from ._gmm import (
@@ -72,9 +74,26 @@ class StepResult(eqx.Module):
 
 
 def _post_step(
-    x, delta, g_delta, spec, setup, conc, X1_raw, cluster_ids, n_clusters, se_type, W_type, step, config, micro=None
+    x,
+    delta,
+    g_delta,
+    spec,
+    setup,
+    conc,
+    X1_raw,
+    cluster_ids,
+    n_clusters,
+    se_type,
+    W_type,
+    unadjusted_first,
+    config,
+    micro=None,
 ):
-    """Statistics of a step at its estimate x with converged δ (jitted once per problem)."""
+    """Statistics of a step at its estimate x with converged δ (jitted once per problem).
+
+    ``unadjusted_first``: unadjusted SEs in a first step (the bread uses S⁻¹, as PyBLP); the only
+    way steps differ, so a two-step solve compiles this program once.
+    """
     K1 = setup.X1.shape[-1]
     coefficients = conc.B @ g_delta  # (β, γ)
     beta = coefficients[:K1]
@@ -125,7 +144,7 @@ def _post_step(
         S = jax.scipy.linalg.block_diag(S, setup.N * micro_cov)
     updated_W = symmetric_inverse(S_w)
     W_cov = conc.W
-    if se_type == "unadjusted" and step == 1:
+    if unadjusted_first:
         W_cov = symmetric_inverse(S)
     cov = parameter_covariances(G, W_cov, S, robust=se_type != "unadjusted")
     se = jnp.sqrt(jnp.diag(cov) / setup.N)
@@ -147,7 +166,7 @@ def _post_step(
     )
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jit, once=True, static_argnums=(0, 1))
 def objective_hessian(spec, config, x, delta0, conc, setup, micro=None):
     """The exact Hessian of q(θ) (forward over reverse through the implicit δ(θ))."""
     return jax.hessian(lambda y: _value(spec, config, y, delta0, conc, setup, micro)[0])(x)
@@ -159,13 +178,13 @@ def _value(spec, config, x, d0, conc, setup, micro=None):
     return objective(spec.unpack(x), setup, conc, d0, config, micro)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jit, static_argnums=(0, 1))
 def _value_and_grad(spec, config, x, d0, conc, setup, micro=None):
     (q, ev), g = jax.value_and_grad(_value, argnums=2, has_aux=True)(spec, config, x, d0, conc, setup, micro)
     return q, g, ev
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2))
+@partial(jit, static_argnums=(0, 1, 2))
 def _optax_run(spec, config, optimizer, x, d0, conc, setup, micro=None):
     return optax_minimize(
         lambda y, d: _value_and_grad(spec, config, y, d, conc, setup, micro),
@@ -178,7 +197,7 @@ def _optax_run(spec, config, optimizer, x, d0, conc, setup, micro=None):
     )
 
 
-_post = jax.jit(_post_step, static_argnums=(3, 8, 9, 10, 11, 12))
+_post = jit(_post_step, once=True, static_argnums=(3, 8, 9, 10, 11, 12))
 
 
 def estimate(
@@ -207,22 +226,24 @@ def estimate(
         raise BLPSpecificationError(f"se_type and W_type must be one of {SE_TYPES}.")
     x = np.asarray(spec.x0 if x0 is None else x0, np.float64)
     post_args = (products.X1, products.cluster_ids, products.n_clusters, se_type, W_type)
+    ZX_all = setup.ZX_all_host()
 
     if W is None:
         MM = micro.MM if micro is not None else 0
-        W_D = jnp.asarray(initial_W)
-        W = jax.scipy.linalg.block_diag(W_D, jnp.zeros((MM, MM)))
+        W = scipy.linalg.block_diag(np.asarray(initial_W, np.float64), np.zeros((MM, MM)))
         if micro is not None:
-            conc = Concentration.build(setup.ZX_all, W)
+            conc = Concentration.build_host(ZX_all, W)
             _, _, ev = _value_and_grad(spec, config, jnp.asarray(x), delta0, conc, setup, micro)
-            out = _post(jnp.asarray(x), ev.delta, ev.g_delta, spec, setup, conc, *post_args, 0, config, micro)
+            out = _post(jnp.asarray(x), ev.delta, ev.g_delta, spec, setup, conc, *post_args, False, config, micro)
             W = out["updated_W"]
             delta0 = ev.delta
 
     results: list[StepResult] = []
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
-        conc = Concentration.build(setup.ZX_all, W)
+        conc = Concentration.build_host(ZX_all, W)
+        unadjusted_first = se_type == "unadjusted" and step == 1
+        post_static = (*post_args, unadjusted_first, config, micro)
         if spec.P:
             if isinstance(optimizer, ScipyOptimizer):
                 res = scipy_minimize(
@@ -245,7 +266,7 @@ def estimate(
         # evaluated from the step's δ₀ (not the optimiser's last δ), so the contraction statistics are
         # those of a cold start at the estimate, comparable to PyBLP's
         q, gradient, ev = _value_and_grad(spec, config, jnp.asarray(x_hat), delta0, conc, setup, micro)
-        out = _post(jnp.asarray(x_hat), ev.delta, ev.g_delta, spec, setup, conc, *post_args, step, config, micro)
+        out = _post(jnp.asarray(x_hat), ev.delta, ev.g_delta, spec, setup, conc, *post_static)
         out = jax.tree_util.tree_map(lambda a: a.block_until_ready(), out)
         results.append(
             StepResult(

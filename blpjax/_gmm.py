@@ -11,6 +11,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 SE_TYPES = ("robust", "unadjusted", "clustered")
@@ -18,6 +19,12 @@ SE_TYPES = ("robust", "unadjusted", "clustered")
 
 def symmetric_inverse(A: Float[Array, "M M"]) -> Float[Array, "M M"]:
     inv = jnp.linalg.inv(A)
+    return (inv + inv.T) / 2
+
+
+def symmetric_inverse_host(A) -> np.ndarray:
+    """:func:`symmetric_inverse` in NumPy (host-side set-up)."""
+    inv = np.linalg.inv(np.asarray(A, np.float64))
     return (inv + inv.T) / 2
 
 
@@ -40,6 +47,19 @@ class Concentration(eqx.Module):
             B = jnp.zeros((0, M))
             C = jnp.eye(M)
         return cls(W, B, C)
+
+    @classmethod
+    def build_host(cls, ZX, W) -> Concentration:
+        """:meth:`build` in NumPy, for the host side of a solve (no XLA program to compile per shape)."""
+        ZX, W = np.asarray(ZX, np.float64), np.asarray(W, np.float64)
+        M, K1 = ZX.shape
+        WD = W[:M, :M]
+        if K1:
+            B = np.linalg.solve(ZX.T @ WD @ ZX, ZX.T @ WD)
+            C = np.eye(M) - ZX @ B
+        else:
+            B, C = np.zeros((0, M)), np.eye(M)
+        return cls(jnp.asarray(W), jnp.asarray(B), jnp.asarray(C))
 
 
 def instrument_moments(Z: Float[Array, "T J M"], v: Float[Array, "T J"], mask: Bool[Array, "T J"], N: int):

@@ -273,7 +273,20 @@ def _gmm_step(spec, config, optimizer, se_type, W_type, n_clusters, step, x, del
     # a cold start from the step's δ₀ at the estimate, as estimate() does
     q, gradient, ev = _value_and_grad(spec, config, x_hat, delta0, conc, setup, micro)
     post = _post_step(
-        x_hat, ev.delta, ev.g_delta, spec, setup, conc, X1, cl, n_clusters, se_type, W_type, step, config, micro
+        x_hat,
+        ev.delta,
+        ev.g_delta,
+        spec,
+        setup,
+        conc,
+        X1,
+        cl,
+        n_clusters,
+        se_type,
+        W_type,
+        se_type == "unadjusted" and step == 1,
+        config,
+        micro,
     )
     gnorm = _projected_gradient_norm(x_hat, gradient, jnp.asarray(spec.lower), jnp.asarray(spec.upper))
     record = ReplicationStep(
@@ -305,7 +318,7 @@ def _initial_update(spec, config, se_type, W_type, n_clusters, x0, delta0, W_D, 
     conc = Concentration.build(setup.ZX, W)
     _, _, ev = _value_and_grad(spec, config, x0, delta0, conc, setup, micro)
     post = _post_step(
-        x0, ev.delta, ev.g_delta, spec, setup, conc, X1, cl, n_clusters, se_type, W_type, 0, config, micro
+        x0, ev.delta, ev.g_delta, spec, setup, conc, X1, cl, n_clusters, se_type, W_type, False, config, micro
     )
     return post["updated_W"], ev.delta
 

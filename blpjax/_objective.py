@@ -11,6 +11,8 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
 from jaxtyping import Array, Bool, Float, Int
 
 from ._absorb import absorb
@@ -49,6 +51,13 @@ class Setup(eqx.Module):
         if self.supply is None:
             return self.ZX
         return jax.scipy.linalg.block_diag(self.ZX, self.supply.ZX3)
+
+    def ZX_all_host(self) -> np.ndarray:
+        """:attr:`ZX_all` in NumPy (host-side set-up: no XLA program per shape)."""
+        ZX = np.asarray(self.ZX, np.float64)
+        if self.supply is None:
+            return ZX
+        return scipy.linalg.block_diag(ZX, np.asarray(self.supply.ZX3, np.float64))
 
     @classmethod
     def build(cls, products: Products, agents: Agents, supply: SupplySetup | None = None) -> Setup:

@@ -78,7 +78,7 @@ def scipy_minimize(
         q, g = float(q), np.asarray(g, dtype=np.float64)
         state["n"] += 1
         if np.isfinite(q) and np.all(np.isfinite(g)):
-            if bool(jnp.all(ev.status == 0)):
+            if np.all(np.asarray(ev.status) == 0):
                 state["delta"] = ev.delta  # warm start the next evaluation
             state["best"] = min(state["best"], q)
             return q, g

@@ -72,6 +72,23 @@ class ParameterSpec:
         out += [rho[h] for h in self.rho_free]
         return np.asarray(out, dtype=np.float64)
 
+    def unpack_host(self, x) -> Theta:
+        """:meth:`unpack` in NumPy (for host-side results: no XLA scatter programs to compile)."""
+        x = np.asarray(x, np.float64)
+        k = 0
+        sigma, pi, rho = (np.array(a, np.float64) for a in (self.sigma0, self.pi0, self.rho0))
+        for target, free in ((sigma, self.sigma_free), (pi, self.pi_free)):
+            if free:
+                r, c = np.array(free).T
+                target[r, c] = x[k : k + len(r)]
+                k += len(r)
+        if self.rho_free:
+            idx = np.array(self.rho_free)
+            rho[idx] = x[k : k + len(idx)]
+        if self.n_nests and rho.shape[0] == 1:
+            rho = np.broadcast_to(rho, (self.n_nests,))
+        return Theta(jnp.asarray(sigma), jnp.asarray(pi), jnp.asarray(rho))
+
     def unpack(self, x) -> Theta:
         """θ vector → :class:`Theta` (traceable)."""
         x = jnp.asarray(x)

@@ -9,14 +9,16 @@ from functools import partial
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pandas as pd
+import scipy.linalg
 
 from ._config import check_x64
 from ._contraction import ContractionConfig
 from ._data import build_agents, build_products, build_supply_arrays
 from ._errors import BLPSpecificationError
 from ._estimate import estimate
-from ._gmm import symmetric_inverse
+from ._gmm import symmetric_inverse_host
 from ._integration import Integration
 from ._logit import logit_delta
 from ._micro_data import MicroMoment, build_micro, market_views
@@ -153,6 +155,13 @@ class Problem:
         """The plain-logit inversion log s_j − log s_0 (PyBLP's default starting δ)."""
         return jax.vmap(logit_delta)(self.products.shares, self.products.mask)
 
+    def logit_delta_host(self) -> np.ndarray:
+        """:meth:`logit_delta` in NumPy (the default starting δ of a solve, without an XLA program)."""
+        shares, mask = np.asarray(self.products.shares), np.asarray(self.products.mask)
+        outside = 1.0 - np.sum(np.where(mask, shares, 0.0), axis=1, keepdims=True)
+        delta = np.log(np.where(mask, shares, 1.0)) - np.log(outside)
+        return np.where(mask, delta, 0.0)
+
     def solve(
         self,
         sigma=None,
@@ -214,22 +223,24 @@ class Problem:
                 f"supply_instruments with a supply side) for {K1} linear and "
                 f"{spec.P} nonlinear parameters. Add excluded instruments (demand_instruments*)."
             )
-        ZD = setup.Z.reshape(-1, setup.Z.shape[-1])
-        W_2sls = symmetric_inverse(ZD.T @ ZD / self.N)
+        # host-side set-up in NumPy: small matrices, and no XLA program to compile per shape
+        ZD = np.asarray(setup.Z).reshape(-1, setup.Z.shape[-1])
+        W_2sls = symmetric_inverse_host(ZD.T @ ZD / self.N)
         if setup.supply is not None:
-            ZS = setup.supply.ZS.reshape(-1, setup.supply.MS)
-            W_2sls = jax.scipy.linalg.block_diag(W_2sls, symmetric_inverse(ZS.T @ ZS / self.N))
+            ZS = np.asarray(setup.supply.ZS).reshape(-1, setup.supply.MS)
+            W_2sls = scipy.linalg.block_diag(W_2sls, symmetric_inverse_host(ZS.T @ ZS / self.N))
         if W is None:
             W = None if micro is not None else W_2sls
         else:
-            W = jnp.asarray(W, dtype=jnp.float64)
+            W = np.asarray(W, dtype=np.float64)
             if W.shape != (M + MM, M + MM):
                 raise BLPSpecificationError(
                     f"W must be {M + MM}×{M + MM} (one row per instrument, then one per micro moment)."
                 )
-        delta0 = self.logit_delta() if delta is None else jnp.asarray(delta)
+        delta0 = self.logit_delta_host() if delta is None else np.asarray(delta, np.float64)
         if delta0.ndim == 1:  # flat, in product_data's row order
-            delta0 = jnp.asarray(self.index.padded(delta0))
+            delta0 = self.index.padded(delta0)
+        delta0 = jnp.asarray(delta0)
         run = estimate if self.scale.plain else partial(estimate_scaled, self.scale)
         steps = run(
             spec,

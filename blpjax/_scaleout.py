@@ -403,7 +403,18 @@ def estimate_scaled(
         delta = jnp.asarray(_gather(ev.delta))
         evaluations, status = jnp.asarray(_gather(ev.evaluations)), jnp.asarray(_gather(ev.status))
         q, gradient, g_delta = (jnp.asarray(_gather(a)) for a in (q, gradient, ev.g_delta))
-        out = _post(jnp.asarray(x_hat), delta, g_delta, spec, setup, conc, *post_args, step, config, None)
+        out = _post(
+            jnp.asarray(x_hat),
+            delta,
+            g_delta,
+            spec,
+            setup,
+            conc,
+            *post_args,
+            se_type == "unadjusted" and step == 1,
+            config,
+            None,
+        )
         out = jax.tree_util.tree_map(lambda a: a.block_until_ready(), out)
         results.append(
             StepResult(

@@ -87,8 +87,9 @@ def test_characteristic_absorbed_by_fixed_effect(data):
 def test_unmatched_agent_markets(data):
     products, agents = data
     with pytest.raises(BLPDataError, match="agent_data has market"):
-        blpjax.Problem(products, ("1", "prices"), ("1", "prices"),
-                       agent_data=pd.concat([agents, agents.assign(market_ids=99)]))
+        blpjax.Problem(
+            products, ("1", "prices"), ("1", "prices"), agent_data=pd.concat([agents, agents.assign(market_ids=99)])
+        )
     with pytest.raises(BLPDataError, match="have products but no agents"):
         blpjax.Problem(products, ("1", "prices"), ("1", "prices"), agent_data=agents[agents["market_ids"] != 3])
 
