@@ -91,9 +91,10 @@ def jit(fun=None, *, once: bool = False, **jit_kwargs):
             options = None
             if backend == "cpu":
                 level = _cpu_level(1 if once else 2)
-                options = {} if level is None else {"xla_backend_optimization_level": level}
-                if once:  # XLA's older loop emitters: ~40% less compilation, the same run time here
-                    options["xla_cpu_use_fusion_emitters"] = False
+                if level is not None:
+                    options = {"xla_backend_optimization_level": level}
+                    if once:  # XLA's older loop emitters: ~40% less compilation, the same run time here
+                        options["xla_cpu_use_fusion_emitters"] = False
             j = jitted[backend] = jax.jit(fun, compiler_options=options, **jit_kwargs)
         return j
 
@@ -102,7 +103,14 @@ def jit(fun=None, *, once: bool = False, **jit_kwargs):
     @functools.wraps(fun)
     def wrapper(*args, **kwargs):
         traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs)))
-        return (plain if traced else get())(*args, **kwargs)
+        if traced:
+            return plain(*args, **kwargs)
+        try:
+            return get()(*args, **kwargs)
+        except ValueError as error:  # inside a trace with only constant arguments
+            if "compiler_options" not in str(error):
+                raise
+            return plain(*args, **kwargs)
 
     wrapper.lower = lambda *args, **kwargs: get().lower(*args, **kwargs)
     wrapper._cache_size = lambda: get()._cache_size()  # for tests that check nothing retraces

@@ -217,16 +217,16 @@ def build_products(
 
     # collinearity, after absorbing fixed effects (numpy, before any jitted numerics)
     if absorb:
-        from ._objective import absorb_columns  # jittable core routine, run eagerly here
+        from ._objective import absorb_columns_host  # the core routine (one jitted call for Z and X1 together)
 
-        def absorbed(A):
-            P = _pad(A, t_codes, j_index, T, J)
-            out = absorb_columns(
-                jnp.asarray(P), jnp.asarray(_pad(fe, t_codes, j_index, T, J)), jnp.asarray(mask), tuple(fe_sizes)
-            )
-            return np.asarray(out)[mask]
-
-        X1c, Zc = absorbed(X1), absorbed(Z)
+        # [Z, X1] in one call, the column order Setup.build uses, so the compiled absorption is reused
+        ZX1c = absorb_columns_host(
+            _pad(np.column_stack([Z, X1]), t_codes, j_index, T, J),
+            _pad(fe, t_codes, j_index, T, J),
+            mask,
+            tuple(fe_sizes),
+        )[mask]
+        Zc, X1c = ZX1c[:, : Z.shape[1]], ZX1c[:, Z.shape[1] :]
         hint = f" after absorbing {list(absorb)} (a characteristic that is constant within a fixed effect is absorbed by it)"
     else:
         X1c, Zc, hint = X1, Z, ""

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int
 
-from ._config import check_x64
+from ._config import check_x64, jit
 from ._contraction import ContractionConfig
 from ._errors import BLPSpecificationError
 from ._estimate import _post_step, _value, _value_and_grad
@@ -346,7 +346,7 @@ def _one_replication(
     return tuple(jax.tree_util.tree_map(lambda a, k=k: a[k], records) for k in range(steps))
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+@partial(jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
 def _program(spec, config, optimizer, steps, se_type, W_type, batch_size, data: Replicated):
     def one(args):
         x0, delta0, W, setup, X1, cl, micro = args

@@ -16,6 +16,7 @@ import scipy.linalg
 from jaxtyping import Array, Bool, Float, Int
 
 from ._absorb import absorb
+from ._config import jit
 from ._contraction import ContractionConfig, FixedPoint
 from ._gmm import Concentration, instrument_moments
 from ._implicit import Market, Theta, delta_at_solution, solve_delta
@@ -61,21 +62,29 @@ class Setup(eqx.Module):
 
     @classmethod
     def build(cls, products: Products, agents: Agents, supply: SupplySetup | None = None) -> Setup:
+        # host-side set-up in NumPy (one jitted absorption at most): no XLA program per array shape
         mask = products.mask
-        T, J = mask.shape
-        log_S = jnp.where(mask, jnp.log(jnp.where(mask, products.shares, 1.0)), 0.0)
+        mask_np = np.asarray(mask)
+        shares = np.asarray(products.shares)
+        log_S = jnp.asarray(np.where(mask_np, np.log(np.where(mask_np, shares, 1.0)), 0.0))
         market = Market(products.X2, agents.nodes, agents.demographics, agents.weights, log_S, mask, products.nest_ids)
-        Z = absorb_columns(products.Z, products.fe_ids, mask, products.fe_sizes)
-        X1 = absorb_columns(products.X1, products.fe_ids, mask, products.fe_sizes)
+        M = products.Z.shape[-1]
+        ZX1 = absorb_columns_host(
+            np.concatenate([np.asarray(products.Z), np.asarray(products.X1)], axis=-1),
+            products.fe_ids,
+            mask_np,
+            products.fe_sizes,
+        )
+        Z, X1 = ZX1[..., :M], ZX1[..., M:]
         N = products.n_products
-        ZX = jnp.einsum("tjm,tjk->mk", Z, X1) / N
+        ZX = np.einsum("tjm,tjk->mk", Z, X1) / N
         return cls(
             market,
             products.shares,
             mask,
-            Z,
-            X1,
-            ZX,
+            jnp.asarray(Z),
+            jnp.asarray(X1),
+            jnp.asarray(ZX),
             products.fe_ids,
             N,
             products.X2.shape[-1],
@@ -94,7 +103,24 @@ def absorb_columns(values, fe_ids, mask, sizes):
     return r.reshape(T, J, K)
 
 
-_absorb_jit = jax.jit(absorb, static_argnums=(3, 4, 5))
+_absorb_jit = jit(absorb, once=True, static_argnums=(3, 4, 5))
+
+
+def absorb_columns_host(values, fe_ids, mask, sizes) -> np.ndarray:
+    """:func:`absorb_columns` for host-side set-up: NumPy in and out, one jitted call (none without FE)."""
+    values = np.asarray(values, np.float64)
+    mask = np.asarray(mask)
+    T, J, K = values.shape
+    values = np.where(mask[..., None], values, 0.0)
+    if not sizes or K == 0:
+        return values
+    r, _, _ = _absorb_jit(
+        jnp.asarray(values.reshape(T * J, K)),
+        jnp.asarray(np.asarray(fe_ids).reshape(T * J, -1)),
+        jnp.asarray(mask.reshape(-1)),
+        sizes,
+    )
+    return np.asarray(r).reshape(T, J, K)
 
 
 def solve_deltas(theta: Theta, setup: Setup, delta0: Float[Array, "T J"], config: ContractionConfig) -> FixedPoint:

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ._config import jit
 from ._errors import BLPSpecificationError
 from ._implicit import market_log_shares
 from ._objective import absorb_columns, deltas_at_solution
@@ -68,7 +69,7 @@ def expected_prices_reduced_form(setup, prices):
     return jnp.where(mask, fitted + prices - p_abs, 0.0)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@partial(jit, once=True, static_argnums=(0, 1))
 def _approximate_jacobian(spec: ParameterSpec, price_column: int, x, delta_hat, prices_hat, setup):
     """Expected shares at (δ̂, X2(p̂), θ̂) and ∂δ/∂θ there (T, J, P), by the IFT."""
     theta = spec.unpack(x)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ._config import jit
 from ._errors import BLPSpecificationError, Status
 from ._post import (
     Characteristic,
@@ -28,17 +29,17 @@ if TYPE_CHECKING:
     from ._problem import Problem
 
 
-@partial(jax.jit, static_argnums=(0,))
+@partial(jit, once=True, static_argnums=(0,))
 def _vmapped(fn, x, delta, theta, market, ch):
     return jax.vmap(fn, in_axes=(0, 0, None, 0, None))(x, delta, theta, market, ch)
 
 
-@partial(jax.jit, static_argnums=(0,))
+@partial(jit, once=True, static_argnums=(0,))
 def _vmapped_cf(fn, x_new, x, delta, theta, market, ch):
     return jax.vmap(fn, in_axes=(0, 0, 0, None, 0, None))(x_new, x, delta, theta, market, ch)
 
 
-_consumer_surplus = jax.jit(jax.vmap(consumer_surplus, in_axes=(0, 0, None, 0, None)))
+_consumer_surplus = jit(once=True)(jax.vmap(consumer_surplus, in_axes=(0, 0, None, 0, None)))
 
 
 class Results:

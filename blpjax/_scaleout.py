@@ -42,6 +42,7 @@ from jax.sharding import PartitionSpec as P
 
 from ._buckets import BucketPlan, bucket_setup, bucketed_value_and_grad, market_sizes, plan_buckets
 from ._chunking import chunked_solve_deltas, chunked_value_and_grad, moments_vjp, q_of_moments
+from ._config import jit
 from ._contraction import ContractionConfig
 from ._errors import BLPSpecificationError
 from ._estimate import StepResult, _post, _value_and_grad, estimate
@@ -176,7 +177,7 @@ def check_supported(scale: ScaleOut, setup: Setup, micro) -> None:
 # ---- the sharded program: per-device contraction (optionally in chunks), two-pass gradient -------------------
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+@partial(jit, static_argnums=(0, 1, 2, 3, 4))
 def _sharded_value_and_grad(unpack, config, mesh, batch_size, T, x, delta0, conc, ssetup):
     """(q, ∂q/∂x, Evaluation on the first T markets, padded δ) on a mesh, markets split over devices.
 
@@ -210,8 +211,8 @@ def _sharded_value_and_grad(unpack, config, mesh, batch_size, T, x, delta0, conc
     return q, grad, Evaluation(*first, g_delta), delta
 
 
-_chunked_jit = jax.jit(chunked_value_and_grad, static_argnums=(0, 1, 6))
-_bucketed_jit = jax.jit(bucketed_value_and_grad, static_argnums=(0, 1, 6))
+_chunked_jit = jit(chunked_value_and_grad, static_argnums=(0, 1, 6))
+_bucketed_jit = jit(bucketed_value_and_grad, static_argnums=(0, 1, 6))
 
 
 def _gather(a):

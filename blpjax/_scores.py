@@ -41,6 +41,7 @@ import optax
 import pandas as pd
 from jaxtyping import Array, Float, Int
 
+from ._config import jit
 from ._data import padded_agent_columns
 from ._errors import BLPDataError, BLPSpecificationError
 from ._implicit import Market
@@ -153,7 +154,7 @@ def _value_and_jacobian(f, x):
     return value, jac
 
 
-@partial(jax.jit, static_argnames=("spec", "weights_fn", "flags", "select"))
+@partial(jit, once=True, static_argnames=("spec", "weights_fn", "flags", "select"))
 def score_terms(
     obs: Observations,
     ctx: Context,
@@ -208,12 +209,12 @@ def scores_from_terms(num, dnum, den, dden, missing=np.nan) -> np.ndarray:
     return np.where(positive[..., None], S, missing)
 
 
-@partial(jax.jit, static_argnums=(0,))
+@partial(jit, once=True, static_argnums=(0,))
 def _ddelta(spec: ParameterSpec, setup, x, delta):
     return jax.jacfwd(lambda y: deltas_at_solution(spec.unpack(y), setup, delta))(x)
 
 
-@partial(jax.jit, static_argnums=(0, 4))
+@partial(jit, once=True, static_argnums=(0, 4))
 def _weighted_probabilities(spec: ParameterSpec, ctx: Context, markets, survey, flags):
     """w_it s_ijt w_dijt at θ̂ on the problem's agents, ``(T_d, I, A[, B])``."""
     theta = spec.unpack(ctx.x)
