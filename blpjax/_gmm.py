@@ -36,30 +36,25 @@ class Concentration(eqx.Module):
     C: Float[Array, "M M"]  # ḡ = C ḡ_δ
 
     @classmethod
-    def build(cls, ZX: Float[Array, "M K1"], W: Float[Array, "MW MW"], N: int | None = None) -> Concentration:
-        """Maps for W; with micro moments W is larger than M×M and β uses its product block (as PyBLP)."""
+    def build(cls, ZX: Float[Array, "M K1"], W: Float[Array, "MW MW"], N: int | None = None, xp=jnp) -> Concentration:
+        """Maps for W; with micro moments W is larger than M×M and β uses its product block (as PyBLP).
+
+        ``xp=numpy`` computes them on the host (see :meth:`build_host`); the default is traceable.
+        """
         M, K1 = ZX.shape
         WD = W[:M, :M]
         if K1:
-            B = jnp.linalg.solve(ZX.T @ WD @ ZX, ZX.T @ WD)
-            C = jnp.eye(M) - ZX @ B
+            B = xp.linalg.solve(ZX.T @ WD @ ZX, ZX.T @ WD)
+            C = xp.eye(M) - ZX @ B
         else:
-            B = jnp.zeros((0, M))
-            C = jnp.eye(M)
-        return cls(W, B, C)
+            B = xp.zeros((0, M))
+            C = xp.eye(M)
+        return cls(jnp.asarray(W), jnp.asarray(B), jnp.asarray(C))
 
     @classmethod
     def build_host(cls, ZX, W) -> Concentration:
         """:meth:`build` in NumPy, for the host side of a solve (no XLA program to compile per shape)."""
-        ZX, W = np.asarray(ZX, np.float64), np.asarray(W, np.float64)
-        M, K1 = ZX.shape
-        WD = W[:M, :M]
-        if K1:
-            B = np.linalg.solve(ZX.T @ WD @ ZX, ZX.T @ WD)
-            C = np.eye(M) - ZX @ B
-        else:
-            B, C = np.zeros((0, M)), np.eye(M)
-        return cls(jnp.asarray(W), jnp.asarray(B), jnp.asarray(C))
+        return cls.build(np.asarray(ZX, np.float64), np.asarray(W, np.float64), xp=np)
 
 
 def instrument_moments(Z: Float[Array, "T J M"], v: Float[Array, "T J"], mask: Bool[Array, "T J"], N: int):
