@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from functools import partial
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -20,7 +19,6 @@ from ._errors import BLPSpecificationError
 from ._estimate import estimate
 from ._gmm import symmetric_inverse_host
 from ._integration import Integration
-from ._logit import logit_delta
 from ._micro_data import MicroMoment, build_micro, market_views
 from ._objective import Setup
 from ._optimize import OptaxOptimizer, ScipyOptimizer
@@ -152,15 +150,14 @@ class Problem:
         return self.products.n_nests > 0
 
     def logit_delta(self) -> jnp.ndarray:
-        """The plain-logit inversion log s_j − log s_0 (PyBLP's default starting δ)."""
-        return jax.vmap(logit_delta)(self.products.shares, self.products.mask)
+        """The plain-logit inversion log s_j − log s_0 (PyBLP's default starting δ), (T, J), 0 on padding.
 
-    def logit_delta_host(self) -> np.ndarray:
-        """:meth:`logit_delta` in NumPy (the default starting δ of a solve, without an XLA program)."""
+        Computed in NumPy (host-side set-up: no XLA program to compile for it).
+        """
         shares, mask = np.asarray(self.products.shares), np.asarray(self.products.mask)
         outside = 1.0 - np.sum(np.where(mask, shares, 0.0), axis=1, keepdims=True)
         delta = np.log(np.where(mask, shares, 1.0)) - np.log(outside)
-        return np.where(mask, delta, 0.0)
+        return jnp.asarray(np.where(mask, delta, 0.0))
 
     def solve(
         self,
@@ -237,7 +234,7 @@ class Problem:
                 raise BLPSpecificationError(
                     f"W must be {M + MM}×{M + MM} (one row per instrument, then one per micro moment)."
                 )
-        delta0 = self.logit_delta_host() if delta is None else np.asarray(delta, np.float64)
+        delta0 = self.logit_delta() if delta is None else np.asarray(delta, np.float64)
         if delta0.ndim == 1:  # flat, in product_data's row order
             delta0 = self.index.padded(delta0)
         delta0 = jnp.asarray(delta0)
