@@ -16,14 +16,19 @@ def logit_delta(
     mask: Bool[Array, " J"],
     nest_ids: Int[Array, " J"] | None = None,
     rho: Float[Array, " H"] | None = None,
+    xp=jnp,
 ) -> Float[Array, " J"]:
-    """Mean utilities that rationalise ``shares`` exactly (0 on padded products)."""
-    s = jnp.where(mask, shares, 1.0)
-    outside = 1.0 - jnp.sum(jnp.where(mask, shares, 0.0))
-    delta = jnp.log(s) - jnp.log(outside)
+    """Mean utilities that rationalise ``shares`` exactly (0 on padded products).
+
+    Leading axes are markets, so ``xp=numpy`` inverts every market at once on the host (plain
+    logit only; nesting needs JAX).
+    """
+    s = xp.where(mask, shares, 1.0)
+    outside = 1.0 - xp.sum(xp.where(mask, shares, 0.0), axis=-1, keepdims=True)
+    delta = xp.log(s) - xp.log(outside)
     if rho is not None and nest_ids is not None and rho.shape[0] > 0:
         H = rho.shape[0]
         nest_shares = jax.ops.segment_sum(jnp.where(mask, shares, 0.0), nest_ids, num_segments=H)
         within = s / jnp.where(mask, nest_shares[nest_ids], 1.0)
         delta = delta - rho[nest_ids] * jnp.log(within)
-    return jnp.where(mask, delta, 0.0)
+    return xp.where(mask, delta, 0.0)

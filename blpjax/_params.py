@@ -72,44 +72,36 @@ class ParameterSpec:
         out += [rho[h] for h in self.rho_free]
         return np.asarray(out, dtype=np.float64)
 
-    def unpack_host(self, x) -> Theta:
-        """:meth:`unpack` in NumPy (for host-side results: no XLA scatter programs to compile)."""
-        x = np.asarray(x, np.float64)
-        k = 0
-        sigma, pi, rho = (np.array(a, np.float64) for a in (self.sigma0, self.pi0, self.rho0))
-        for target, free in ((sigma, self.sigma_free), (pi, self.pi_free)):
-            if free:
-                r, c = np.array(free).T
-                target[r, c] = x[k : k + len(r)]
-                k += len(r)
-        if self.rho_free:
-            idx = np.array(self.rho_free)
-            rho[idx] = x[k : k + len(idx)]
-        if self.n_nests and rho.shape[0] == 1:
-            rho = np.broadcast_to(rho, (self.n_nests,))
-        return Theta(jnp.asarray(sigma), jnp.asarray(pi), jnp.asarray(rho))
+    def unpack(self, x, host: bool = False) -> Theta:
+        """θ vector → :class:`Theta` (traceable; ``host=True`` fills the matrices in NumPy instead,
+        for host-side results, so no XLA scatter program is compiled)."""
+        xp = np if host else jnp
+        x = xp.asarray(x)
 
-    def unpack(self, x) -> Theta:
-        """θ vector → :class:`Theta` (traceable)."""
-        x = jnp.asarray(x)
+        def filled(template, index, values):
+            if host:
+                out = np.array(template, np.float64)
+                out[index] = values
+                return out
+            return jnp.asarray(template).at[index].set(values)
+
         k = 0
-        sigma = jnp.asarray(self.sigma0)
+        sigma, pi, rho = self.sigma0, self.pi0, self.rho0
         if self.sigma_free:
             r, c = np.array(self.sigma_free).T
-            sigma = sigma.at[r, c].set(x[k : k + len(r)])
+            sigma = filled(sigma, (r, c), x[k : k + len(r)])
             k += len(r)
-        pi = jnp.asarray(self.pi0)
         if self.pi_free:
             r, c = np.array(self.pi_free).T
-            pi = pi.at[r, c].set(x[k : k + len(r)])
+            pi = filled(pi, (r, c), x[k : k + len(r)])
             k += len(r)
-        rho = jnp.asarray(self.rho0)
         if self.rho_free:
             idx = np.array(self.rho_free)
-            rho = rho.at[idx].set(x[k : k + len(idx)])
+            rho = filled(rho, idx, x[k : k + len(idx)])
+        sigma, pi, rho = (xp.asarray(a, dtype=xp.float64) for a in (sigma, pi, rho))
         if self.n_nests and rho.shape[0] == 1:
-            rho = jnp.broadcast_to(rho, (self.n_nests,))
-        return Theta(sigma, pi, rho)
+            rho = xp.broadcast_to(rho, (self.n_nests,))
+        return Theta(jnp.asarray(sigma), jnp.asarray(pi), jnp.asarray(rho))
 
 
 def _as_matrix(name, value, shape):

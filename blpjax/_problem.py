@@ -19,6 +19,7 @@ from ._errors import BLPSpecificationError
 from ._estimate import estimate
 from ._gmm import symmetric_inverse_host
 from ._integration import Integration
+from ._logit import logit_delta
 from ._micro_data import MicroMoment, build_micro, market_views
 from ._objective import Setup
 from ._optimize import OptaxOptimizer, ScipyOptimizer
@@ -154,10 +155,7 @@ class Problem:
 
         Computed in NumPy (host-side set-up: no XLA program to compile for it).
         """
-        shares, mask = np.asarray(self.products.shares), np.asarray(self.products.mask)
-        outside = 1.0 - np.sum(np.where(mask, shares, 0.0), axis=1, keepdims=True)
-        delta = np.log(np.where(mask, shares, 1.0)) - np.log(outside)
-        return jnp.asarray(np.where(mask, delta, 0.0))
+        return jnp.asarray(logit_delta(np.asarray(self.products.shares), np.asarray(self.products.mask), xp=np))
 
     def solve(
         self,

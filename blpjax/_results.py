@@ -64,7 +64,7 @@ class Results:
         self.setup = problem.setup if setup is None else setup
         self.micro, self.micro_labels = micro, micro_labels
         self.final = steps[-1]
-        self.theta = spec.unpack_host(self.final.theta)
+        self.theta = spec.unpack(self.final.theta, host=True)
         self._hessian: np.ndarray | None = None
 
     # --- estimates -------------------------------------------------------------------------

@@ -32,3 +32,33 @@ def test_cpu_level_override(monkeypatch):
     assert _cpu_level(2) == 3
     monkeypatch.setenv("BLPJAX_CPU_OPT_LEVEL", "default")
     assert _cpu_level(2) is None
+
+
+@pytest.mark.parametrize("rho_by_nest", [False, True])
+def test_host_unpack_equals_traced_unpack(rho_by_nest):
+    """ParameterSpec.unpack(host=True) (results, set-up) fills exactly what the traced unpack fills."""
+    from blpjax._params import build_parameters
+
+    sigma = np.array([[0.5, 0.0], [0.2, 0.3]])
+    pi = np.array([[0.0], [0.4]])
+    rho = np.array([0.3, 0.5]) if rho_by_nest else np.array([0.3])
+    spec = build_parameters(("1", "prices"), ("income",), 2, sigma, pi, rho, rho_by_nest=rho_by_nest)
+    x = np.random.default_rng(0).normal(size=spec.P)
+    host, traced = spec.unpack(x, host=True), jax.jit(spec.unpack)(x)
+    for name in ("sigma", "pi", "rho"):
+        np.testing.assert_array_equal(np.asarray(getattr(host, name)), np.asarray(getattr(traced, name)))
+    assert np.asarray(host.rho).shape == (2,)
+
+
+def test_host_logit_delta_equals_the_per_market_inversion():
+    from blpjax._logit import logit_delta
+
+    rng = np.random.default_rng(1)
+    shares = rng.uniform(0.01, 0.1, size=(4, 6))
+    mask = np.ones((4, 6), bool)
+    mask[1, 4:] = False
+    host = logit_delta(shares, mask, xp=np)
+    per_market = jax.vmap(logit_delta)(jnp.asarray(shares), jnp.asarray(mask))
+    np.testing.assert_allclose(host, np.asarray(per_market), rtol=1e-14, atol=1e-14)
+    outside = 1 - np.where(mask, shares, 0).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(host, np.where(mask, np.log(shares / outside), 0.0), rtol=1e-13)
