@@ -20,6 +20,7 @@ experiments.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
 
@@ -72,16 +73,50 @@ def _cpu_level(default: int) -> int | None:
     return None if value.strip().lower() == "default" else int(value)
 
 
-def jit(fun=None, *, once: bool = False, **jit_kwargs):
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _background() -> concurrent.futures.ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="blpjax-compile")
+    return _executor
+
+
+def inline_nested(fun):
+    """``fun`` traced with nested ``jax.jit`` calls inlined (for the body of a top-level program).
+
+    Most ``jax.numpy`` functions (``where``, ``add``, ``matmul``, ...) are themselves jitted. Traced
+    inside another program each call becomes a nested ``jit`` equation that every transformation
+    on the way (``vmap``, ``jvp``, linearisation, transposition) re-traces, and XLA then inlines
+    anyway. Tracing the body under ``jax.disable_jit()`` makes those calls plain Python functions
+    on the outer tracers: the same program, with ≈ 40% less tracing on the Nevo value-and-gradient
+    program (0.34 → 0.20 s). ``lax.while_loop`` falls back to its primitive on traced predicates,
+    but ``lax.scan``/``fori_loop``/``lax.map`` would run as unrolled Python loops, so use this only
+    on bodies without them.
+    """
+
+    @functools.wraps(fun)
+    def body(*args, **kwargs):
+        with jax.disable_jit():
+            return fun(*args, **kwargs)
+
+    return body
+
+
+def jit(fun=None, *, once: bool = False, inline: bool = False, **jit_kwargs):
     """``jax.jit`` with blpjax's compiler options for the default backend (see the module docstring).
 
     ``once=True`` marks a program that runs once per solve (compile time matters more than run
-    time). The backend is read at the first call, so importing blpjax never initialises JAX's
-    backends. Inside another traced function the options are irrelevant (the outer program is
-    what gets compiled).
+    time). ``inline=True`` traces the body with nested jits inlined (:func:`inline_nested`; only for
+    bodies without ``scan``-based loops). The backend is read at the first call, so importing
+    blpjax never initialises JAX's backends. Inside another traced function the options are
+    irrelevant (the outer program is what gets compiled).
     """
     if fun is None:
-        return functools.partial(jit, once=once, **jit_kwargs)
+        return functools.partial(jit, once=once, inline=inline, **jit_kwargs)
+    if inline:
+        fun = inline_nested(fun)
     jitted: dict[str, object] = {}
 
     def get():
@@ -112,6 +147,18 @@ def jit(fun=None, *, once: bool = False, **jit_kwargs):
                 raise
             return plain(*args, **kwargs)
 
+    def precompile(*args, **kwargs) -> concurrent.futures.Future:
+        """Trace and lower for these arguments (arrays or ``jax.ShapeDtypeStruct``) now, and compile in a
+        background thread; a later call with matching arguments then reuses the program.
+
+        Wait for the returned future before that call (two threads compiling one program would
+        both compile it). XLA compiles without the GIL, so this overlaps with Python work on
+        the calling thread (tracing another program).
+        """
+        lowered = get().lower(*args, **kwargs)  # tracing and lowering are Python: done here, under the GIL
+        return _background().submit(lowered.compile)
+
     wrapper.lower = lambda *args, **kwargs: get().lower(*args, **kwargs)
+    wrapper.precompile = precompile
     wrapper._cache_size = lambda: get()._cache_size()  # for tests that check nothing retraces
     return wrapper

@@ -8,6 +8,7 @@ the moments by ``jax.jacfwd`` (through the implicit δ(θ)), standard errors and
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 
@@ -166,7 +167,7 @@ def _post_step(
     )
 
 
-@partial(jit, once=True, static_argnums=(0, 1))
+@partial(jit, once=True, inline=True, static_argnums=(0, 1))
 def objective_hessian(spec, config, x, delta0, conc, setup, micro=None):
     """The exact Hessian of q(θ) (forward over reverse through the implicit δ(θ))."""
     return jax.hessian(lambda y: _value(spec, config, y, delta0, conc, setup, micro)[0])(x)
@@ -178,7 +179,7 @@ def _value(spec, config, x, d0, conc, setup, micro=None):
     return objective(spec.unpack(x), setup, conc, d0, config, micro)
 
 
-@partial(jit, static_argnums=(0, 1))
+@partial(jit, inline=True, static_argnums=(0, 1))
 def _value_and_grad(spec, config, x, d0, conc, setup, micro=None):
     (q, ev), g = jax.value_and_grad(_value, argnums=2, has_aux=True)(spec, config, x, d0, conc, setup, micro)
     return q, g, ev
@@ -197,7 +198,11 @@ def _optax_run(spec, config, optimizer, x, d0, conc, setup, micro=None):
     )
 
 
-_post = jit(_post_step, once=True, static_argnums=(3, 8, 9, 10, 11, 12))
+_post = jit(_post_step, once=True, inline=True, static_argnums=(3, 8, 9, 10, 11, 12))
+
+
+def _overlap_compilation() -> bool:
+    return os.environ.get("BLPJAX_OVERLAP_COMPILE", "1") != "0"
 
 
 def estimate(
@@ -228,12 +233,24 @@ def estimate(
     post_args = (products.X1, products.cluster_ids, products.n_clusters, se_type, W_type)
     ZX_all = setup.ZX_all_host()
 
+    pending = None
+    if _overlap_compilation() and spec.P and isinstance(optimizer, ScipyOptimizer):
+        # the statistics program compiles in the background while this thread traces the
+        # value-and-gradient program (tracing is Python on one core; XLA compiles without the GIL)
+        initial_update = W is None and micro is not None
+        shapes = [jax.ShapeDtypeStruct(np.shape(a), jnp.float64) for a in (x, delta0, (0.0,) * setup.M)]
+        conc0 = Concentration.build_host(ZX_all, np.eye(setup.M + (micro.MM if micro is not None else 0)))
+        first = se_type == "unadjusted" and not initial_update
+        pending = _post.precompile(*shapes, spec, setup, conc0, *post_args, first, config, micro)
     if W is None:
         MM = micro.MM if micro is not None else 0
         W = scipy.linalg.block_diag(np.asarray(initial_W, np.float64), np.zeros((MM, MM)))
         if micro is not None:
             conc = Concentration.build_host(ZX_all, W)
             _, _, ev = _value_and_grad(spec, config, jnp.asarray(x), delta0, conc, setup, micro)
+            if pending is not None:
+                pending.result()
+                pending = None
             out = _post(jnp.asarray(x), ev.delta, ev.g_delta, spec, setup, conc, *post_args, False, config, micro)
             W = out["updated_W"]
             delta0 = ev.delta
@@ -266,6 +283,9 @@ def estimate(
         # evaluated from the step's δ₀ (not the optimiser's last δ), so the contraction statistics are
         # those of a cold start at the estimate, comparable to PyBLP's
         q, gradient, ev = _value_and_grad(spec, config, jnp.asarray(x_hat), delta0, conc, setup, micro)
+        if pending is not None:
+            pending.result()
+            pending = None
         out = _post(jnp.asarray(x_hat), ev.delta, ev.g_delta, spec, setup, conc, *post_static)
         out = jax.tree_util.tree_map(lambda a: a.block_until_ready(), out)
         results.append(

@@ -103,7 +103,7 @@ def absorb_columns(values, fe_ids, mask, sizes):
     return r.reshape(T, J, K)
 
 
-_absorb_jit = jit(absorb, once=True, static_argnums=(3, 4, 5))
+_absorb_jit = jit(absorb, once=True, inline=True, static_argnums=(3, 4, 5))
 
 
 def absorb_columns_host(values, fe_ids, mask, sizes) -> np.ndarray:

@@ -69,7 +69,7 @@ def expected_prices_reduced_form(setup, prices):
     return jnp.where(mask, fitted + prices - p_abs, 0.0)
 
 
-@partial(jit, once=True, static_argnums=(0, 1))
+@partial(jit, once=True, inline=True, static_argnums=(0, 1))
 def _approximate_jacobian(spec: ParameterSpec, price_column: int, x, delta_hat, prices_hat, setup):
     """Expected shares at (δ̂, X2(p̂), θ̂) and ∂δ/∂θ there (T, J, P), by the IFT."""
     theta = spec.unpack(x)

@@ -78,26 +78,34 @@ class ParameterSpec:
         xp = np if host else jnp
         x = xp.asarray(x)
 
-        def filled(template, index, values):
+        def filled(template, index, k):
+            """``template`` with the entries at ``index`` set to x[k], x[k + 1], ..."""
+            template = np.array(template, np.float64)
+            n = len(index[0])
             if host:
-                out = np.array(template, np.float64)
-                out[index] = values
-                return out
-            return jnp.asarray(template).at[index].set(values)
+                template[index] = x[k : k + n]
+                return template
+            # a gather with constant indices instead of a scatter: XLA fuses it into a loop under
+            # every transformation (jacfwd's vmap included); a traced scatter becomes a while loop
+            # on CPU, one more to compile per use
+            position = np.full(template.shape, n)  # n: the appended placeholder
+            position[index] = np.arange(n)
+            gathered = jnp.concatenate([x[k : k + n], jnp.zeros(1, x.dtype)])[position]
+            return jnp.where(position < n, gathered, jnp.asarray(template))
 
         k = 0
         sigma, pi, rho = self.sigma0, self.pi0, self.rho0
         if self.sigma_free:
             r, c = np.array(self.sigma_free).T
-            sigma = filled(sigma, (r, c), x[k : k + len(r)])
+            sigma = filled(sigma, (r, c), k)
             k += len(r)
         if self.pi_free:
             r, c = np.array(self.pi_free).T
-            pi = filled(pi, (r, c), x[k : k + len(r)])
+            pi = filled(pi, (r, c), k)
             k += len(r)
         if self.rho_free:
             idx = np.array(self.rho_free)
-            rho = filled(rho, idx, x[k : k + len(idx)])
+            rho = filled(rho, (idx,), k)
         sigma, pi, rho = (xp.asarray(a, dtype=xp.float64) for a in (sigma, pi, rho))
         if self.n_nests and rho.shape[0] == 1:
             rho = xp.broadcast_to(rho, (self.n_nests,))

@@ -29,17 +29,17 @@ if TYPE_CHECKING:
     from ._problem import Problem
 
 
-@partial(jit, once=True, static_argnums=(0,))
+@partial(jit, once=True, inline=True, static_argnums=(0,))
 def _vmapped(fn, x, delta, theta, market, ch):
     return jax.vmap(fn, in_axes=(0, 0, None, 0, None))(x, delta, theta, market, ch)
 
 
-@partial(jit, once=True, static_argnums=(0,))
+@partial(jit, once=True, inline=True, static_argnums=(0,))
 def _vmapped_cf(fn, x_new, x, delta, theta, market, ch):
     return jax.vmap(fn, in_axes=(0, 0, 0, None, 0, None))(x_new, x, delta, theta, market, ch)
 
 
-_consumer_surplus = jit(once=True)(jax.vmap(consumer_surplus, in_axes=(0, 0, None, 0, None)))
+_consumer_surplus = jit(once=True, inline=True)(jax.vmap(consumer_surplus, in_axes=(0, 0, None, 0, None)))
 
 
 class Results:

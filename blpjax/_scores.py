@@ -209,12 +209,12 @@ def scores_from_terms(num, dnum, den, dden, missing=np.nan) -> np.ndarray:
     return np.where(positive[..., None], S, missing)
 
 
-@partial(jit, once=True, static_argnums=(0,))
+@partial(jit, once=True, inline=True, static_argnums=(0,))
 def _ddelta(spec: ParameterSpec, setup, x, delta):
     return jax.jacfwd(lambda y: deltas_at_solution(spec.unpack(y), setup, delta))(x)
 
 
-@partial(jit, once=True, static_argnums=(0, 4))
+@partial(jit, once=True, inline=True, static_argnums=(0, 4))
 def _weighted_probabilities(spec: ParameterSpec, ctx: Context, markets, survey, flags):
     """w_it s_ijt w_dijt at θ̂ on the problem's agents, ``(T_d, I, A[, B])``."""
     theta = spec.unpack(ctx.x)

@@ -62,3 +62,56 @@ def test_host_logit_delta_equals_the_per_market_inversion():
     np.testing.assert_allclose(host, np.asarray(per_market), rtol=1e-14, atol=1e-14)
     outside = 1 - np.where(mask, shares, 0).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(host, np.where(mask, np.log(shares / outside), 0.0), rtol=1e-13)
+
+
+def _nested_jit_eqns(jaxpr) -> int:
+    """Number of nested jit equations in a jaxpr, counting inside sub-jaxprs."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("pjit", "jit"):
+            count += 1
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            count += _nested_jit_eqns(sub)
+    return count
+
+
+def _solver(x):
+    """jnp functions (themselves jitted) and a while_loop, as in estimation programs."""
+
+    def body(carry):
+        y, k = carry
+        return jnp.where(y > 0, 0.5 * y, y) + 0.1 * jnp.tanh(x), k + 1
+
+    y, _ = jax.lax.while_loop(lambda c: c[1] < 30, body, (jnp.exp(x), 0))
+    return jnp.sum(y**2)
+
+
+def test_inline_traces_no_nested_jits_and_computes_the_same():
+    from blpjax._config import inline_nested
+
+    x = jnp.linspace(-1.0, 1.0, 5)
+
+    def fun(x):  # value and forward-mode gradient (reverse mode cannot cross a while_loop)
+        return _solver(x), jax.jacfwd(_solver)(x)
+
+    plain_jaxpr, inlined_jaxpr = jax.make_jaxpr(fun)(x), jax.make_jaxpr(inline_nested(fun))(x)
+    assert _nested_jit_eqns(plain_jaxpr.jaxpr) > 0  # jnp.where, jnp.exp, ... as nested jits
+    assert _nested_jit_eqns(inlined_jaxpr.jaxpr) == 0
+    # the while_loop stayed a loop primitive (not run as Python)
+    assert any(e.primitive.name == "while" for e in inlined_jaxpr.jaxpr.eqns)
+    (v0, g0), (v1, g1) = jax.jit(fun)(x), jit(fun, inline=True)(x)
+    np.testing.assert_array_equal(np.asarray(v0), np.asarray(v1))
+    np.testing.assert_allclose(np.asarray(g0), np.asarray(g1), rtol=1e-15, atol=0)
+
+
+def test_precompile_is_reused_by_the_call(caplog):
+    """A program compiled in the background from abstract arguments is not compiled again."""
+    f = jit(lambda x, y: jnp.sum(jnp.sin(x) * y), once=True, inline=True)
+    x, y = jnp.linspace(0.0, 1.0, 11), jnp.float64(2.0)
+    spec = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, y)]
+    f.precompile(*spec).result()
+    with jax.log_compiles(True), caplog.at_level("DEBUG"):
+        value = f(x, y)
+    compiled = [r for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
+    assert not compiled, [r.getMessage() for r in compiled]
+    assert np.isclose(float(value), 2.0 * float(np.sum(np.sin(np.asarray(x)))), rtol=1e-14)

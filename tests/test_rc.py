@@ -153,6 +153,27 @@ def test_objective_does_not_retrace_when_theta_changes():
     assert r1.converged
 
 
+def test_statistics_program_compiled_once_in_the_background(monkeypatch, caplog):
+    """The step statistics compile in the background while the objective is traced, exactly once
+    for a two-step solve, and the estimates equal those of a solve that compiles in order."""
+    product_data, agent_data, _ = blpjax.simulate(blpjax.SimulationConfig(markets=7, agents=13, seed=5))
+    problem = blpjax.Problem(
+        product_data, ("1", "x", "prices"), ("1", "prices"), agent_data=agent_data, demographics=("income",)
+    )
+    args = (np.diag([1.0, 0.5]), [[0.0], [0.3]])
+    monkeypatch.setenv("BLPJAX_OVERLAP_COMPILE", "1")
+    with jax.log_compiles(True), caplog.at_level("DEBUG"):
+        background = problem.solve(*args, method="2s")
+    compiles = [
+        r.getMessage() for r in caplog.records if "Finished XLA compilation of jit(_post_step)" in r.getMessage()
+    ]
+    assert len(compiles) == 1, compiles
+    monkeypatch.setenv("BLPJAX_OVERLAP_COMPILE", "0")
+    in_order = problem.solve(*args, method="2s")
+    assert background.converged
+    pd.testing.assert_frame_equal(background.parameters, in_order.parameters)
+
+
 def test_simulate_and_recover_from_half_the_truth():
     from blpjax._simulate import SimulationConfig, simulate
 
