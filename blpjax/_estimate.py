@@ -19,7 +19,7 @@ import numpy as np
 import scipy.linalg
 from jaxtyping import Array, Float, Int
 
-from ._config import jit
+from ._config import QUICK_ELEMENTS, jit
 from ._contraction import ContractionConfig
 from ._errors import BLPSpecificationError
 from ._gmm import (
@@ -231,6 +231,8 @@ def estimate(
         raise BLPSpecificationError(f"se_type and W_type must be one of {SE_TYPES}.")
     x = np.asarray(spec.x0 if x0 is None else x0, np.float64)
     post_args = (products.X1, products.cluster_ids, products.n_clusters, se_type, W_type)
+    T, J = setup.mask.shape
+    post = _post.quick if T * J * setup.market.weights.shape[-1] < QUICK_ELEMENTS else _post
     ZX_all = setup.ZX_all_host()
 
     pending = None
@@ -241,7 +243,7 @@ def estimate(
         shapes = [jax.ShapeDtypeStruct(np.shape(a), jnp.float64) for a in (x, delta0, (0.0,) * setup.M)]
         conc0 = Concentration.build_host(ZX_all, np.eye(setup.M + (micro.MM if micro is not None else 0)))
         first = se_type == "unadjusted" and not initial_update
-        pending = _post.precompile(*shapes, spec, setup, conc0, *post_args, first, config, micro)
+        pending = post.precompile(*shapes, spec, setup, conc0, *post_args, first, config, micro)
     if W is None:
         MM = micro.MM if micro is not None else 0
         W = scipy.linalg.block_diag(np.asarray(initial_W, np.float64), np.zeros((MM, MM)))
@@ -251,7 +253,7 @@ def estimate(
             if pending is not None:
                 pending.result()
                 pending = None
-            out = _post(jnp.asarray(x), ev.delta, ev.g_delta, spec, setup, conc, *post_args, False, config, micro)
+            out = post(jnp.asarray(x), ev.delta, ev.g_delta, spec, setup, conc, *post_args, False, config, micro)
             W = out["updated_W"]
             delta0 = ev.delta
 
@@ -286,7 +288,7 @@ def estimate(
         if pending is not None:
             pending.result()
             pending = None
-        out = _post(jnp.asarray(x_hat), ev.delta, ev.g_delta, spec, setup, conc, *post_static)
+        out = post(jnp.asarray(x_hat), ev.delta, ev.g_delta, spec, setup, conc, *post_static)
         out = jax.tree_util.tree_map(lambda a: a.block_until_ready(), out)
         results.append(
             StepResult(

@@ -115,3 +115,12 @@ def test_precompile_is_reused_by_the_call(caplog):
     compiled = [r for r in caplog.records if "Finished XLA compilation" in r.getMessage()]
     assert not compiled, [r.getMessage() for r in compiled]
     assert np.isclose(float(value), 2.0 * float(np.sum(np.sin(np.asarray(x)))), rtol=1e-14)
+
+
+def test_quick_twin_of_a_once_program_computes_the_same():
+    """Small problems run their once-per-solve programs from the level-0 twin (`.quick`)."""
+    f = jit(_f, once=True, inline=True, static_argnums=(1,))
+    assert not hasattr(jit(_f, static_argnums=(1,)), "quick")
+    x = jnp.linspace(-1.0, 1.0, 7)
+    np.testing.assert_allclose(float(f.quick(x, 3)), float(f(x, 3)), rtol=1e-14)
+    assert f.quick._cache_size() == 1  # its own program, not f's
