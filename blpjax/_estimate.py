@@ -74,6 +74,31 @@ class StepResult(eqx.Module):
     clipped_costs: Array | None = None
 
 
+JACOBIAN_CHUNK_ELEMENTS = 6_000_000
+"""Above this many tangent × market × product × agent elements the step statistics' moment Jacobian
+is formed a few parameters at a time (``lax.map`` over chunks of tangents) instead of one
+``jacfwd`` over all of them, so that its forward-mode I×J tangents are not all alive at once."""
+
+
+def _jacobian(f, x, setup):
+    """∂f/∂x by forward mode; in chunks of parameters for large problems (bounded memory)."""
+    P = x.shape[0]
+    T, J = setup.mask.shape
+    per_tangent = T * J * setup.market.weights.shape[-1]
+    chunk = max(1, JACOBIAN_CHUNK_ELEMENTS // per_tangent)
+    if P <= chunk:
+        return jax.jacfwd(f)(x)
+    n = -(-P // chunk)
+    basis = jnp.eye(n * chunk, P, dtype=x.dtype).reshape(n, chunk, P)  # rows past P are zero
+
+    def columns(block):
+        return jax.vmap(lambda v: jax.jvp(f, (x,), (v,))[1])(block)
+
+    with jax.disable_jit(False):  # a real loop, also inside a body traced with nested jits inlined
+        out = jax.lax.map(columns, basis)
+    return out.reshape(n * chunk, -1)[:P].T
+
+
 def _post_step(
     x,
     delta,
@@ -124,7 +149,7 @@ def _post_step(
         return g
 
     MW = M + (micro.MM if micro is not None else 0)
-    G_theta = jax.jacfwd(stacked_moments)(x) if spec.P else jnp.zeros((MW, 0))
+    G_theta = _jacobian(stacked_moments, x, setup) if spec.P else jnp.zeros((MW, 0))
     ZX = setup.ZX_all
     if micro is not None:
         ZX = jnp.concatenate([ZX, jnp.zeros((micro.MM, ZX.shape[1]))])

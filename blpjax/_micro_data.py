@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import equinox as eqx
 import jax
@@ -182,6 +183,13 @@ def _shape_error(what: str, shape, I: int, J: int) -> str | None:
     return None
 
 
+@partial(jax.jit, static_argnums=0)
+def _vmapped(fn: Callable, views: MicroMarket):
+    """``fn`` over markets, compiled once per function (a fresh ``jax.jit(jax.vmap(fn))`` per call
+    would compile again at every solve)."""
+    return jax.vmap(fn)(views)
+
+
 def _evaluate(fn: Callable, views: MicroMarket, what: str, expected=None) -> np.ndarray:
     try:
         out = jax.eval_shape(jax.vmap(fn), views)
@@ -201,7 +209,12 @@ def _evaluate(fn: Callable, views: MicroMarket, what: str, expected=None) -> np.
             f"{what} returned shape {shape} per market, but its dataset's weights have shape {expected}: values must "
             "match the weights axis for axis (outside good in position 0 wherever the weights have one)."
         )
-    arr = np.asarray(jax.jit(jax.vmap(fn))(views), np.float64)
+    try:
+        hash(fn)
+    except TypeError:  # an unhashable callable object: compiled for this call only
+        arr = np.asarray(jax.jit(jax.vmap(fn))(views), np.float64)
+    else:
+        arr = np.asarray(_vmapped(fn, views), np.float64)
     if not np.all(np.isfinite(arr)):
         raise BLPSpecificationError(f"{what} returned NaN or infinite entries.")
     return arr

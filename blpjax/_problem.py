@@ -106,6 +106,7 @@ class Problem:
         check_supported(self.scale, self.setup, None)
         self.agent_data = agent_data
         self._views = None
+        self._micro_cache: dict[tuple, tuple] = {}  # MicroMoment objects (frozen, by identity) -> build_micro
 
     def micro_market_views(self):
         """Every market as the :class:`MicroMarket` that micro weights/values functions receive (batched)."""
@@ -114,8 +115,20 @@ class Problem:
         return self._views
 
     def build_micro(self, micro_moments: Sequence[MicroMoment]):
-        """Validate micro moments and evaluate their weights and values once."""
-        return build_micro(micro_moments, self.micro_market_views(), self.index)
+        """Validate micro moments and evaluate their weights and values once per problem.
+
+        The evaluated arrays are kept for the same (frozen) :class:`MicroMoment` objects, so a
+        re-solve with other starting values or options does not evaluate them again; weights and
+        values functions must not depend on anything but the market they receive.
+        """
+        key = (micro_moments,) if isinstance(micro_moments, MicroMoment) else tuple(micro_moments)
+        built = self._micro_cache.get(key)
+        if built is None:
+            built = build_micro(micro_moments, self.micro_market_views(), self.index)
+            if len(self._micro_cache) >= 4:
+                self._micro_cache.pop(next(iter(self._micro_cache)))
+            self._micro_cache[key] = built
+        return built
 
     def parameter_spec(self, sigma=None, pi=None, rho=None, sigma_bounds=None, pi_bounds=None, rho_bounds=None):
         """The free nonlinear parameters of this specification (a :class:`._params.ParameterSpec`)."""
