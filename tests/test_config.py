@@ -124,3 +124,26 @@ def test_quick_twin_of_a_once_program_computes_the_same():
     x = jnp.linspace(-1.0, 1.0, 7)
     np.testing.assert_allclose(float(f.quick(x, 3)), float(f(x, 3)), rtol=1e-14)
     assert f.quick._cache_size() == 1  # its own program, not f's
+
+
+def test_chunked_moment_jacobian_equals_jacfwd(monkeypatch):
+    """Large problems form the statistics' Jacobian a few tangents at a time; same numbers, and
+    still one loop (not unrolled) inside a body traced with nested jits inlined."""
+    from types import SimpleNamespace
+
+    import blpjax._estimate as E
+    from blpjax._config import inline_nested
+
+    setup = SimpleNamespace(mask=np.ones((3, 4), bool), market=SimpleNamespace(weights=np.ones((3, 5))))
+    monkeypatch.setattr(E, "JACOBIAN_CHUNK_ELEMENTS", 2 * 3 * 4 * 5)  # two tangents per chunk
+
+    def f(x):
+        return jnp.stack([jnp.sum(jnp.sin(x) * jnp.arange(1.0, 8.0)), jnp.prod(jnp.cos(x[:3])), x[4] ** 3])
+
+    x = jnp.linspace(0.1, 0.7, 7)  # 7 parameters: 4 chunks, the last one padded
+    expected = np.asarray(jax.jacfwd(f)(x))
+    for program in (jax.jit, lambda g: jit(g, inline=True)):
+        got = program(lambda y: E._jacobian(f, y, setup))(x)
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-14, atol=1e-15)
+    jaxpr = jax.make_jaxpr(inline_nested(lambda y: E._jacobian(f, y, setup)))(x)
+    assert any(e.primitive.name == "scan" for e in jaxpr.jaxpr.eqns)
