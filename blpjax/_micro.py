@@ -142,9 +142,17 @@ def _dataset_terms(delta, theta, market, weights, values, ds: DatasetArrays, sec
     agent_w = market.weights.reshape(market.weights.shape + (1,) * (probs.ndim - 1))
     omega = agent_w * weights * probs
     den = jnp.sum(omega)
-    if factors is not None and not second_moments:
+    if factors is not None:
         a, b = factors  # (P, I), (P, A): Σ_ij ω_ij a_pi b_pj
-        return jnp.sum(a * (b @ omega.T), axis=1), den, None
+        num = jnp.sum(a * (b @ omega.T), axis=1)
+        if not second_moments:
+            return num, den, None
+        # Σ_ij ω_ij v_pij v_qij with v_pij = a_pi b_pj: the same form with the P² products a_p a_q,
+        # b_p b_q (no P × I × A values array is read)
+        P = a.shape[0]
+        a2 = (a[:, None, :] * a[None, :, :]).reshape(P * P, -1)
+        b2 = (b[:, None, :] * b[None, :, :]).reshape(P * P, -1)
+        return num, den, jnp.sum(a2 * (b2 @ omega.T), axis=1).reshape(P, P)
     axes = tuple(range(omega.ndim))
     num = jnp.sum(omega[None] * values, axis=tuple(a + 1 for a in axes))
     if not second_moments:
@@ -157,9 +165,9 @@ def _dataset_terms(delta, theta, market, weights, values, ds: DatasetArrays, sec
 def _dataset_sums(theta: Theta, market_batch: Market, deltas, ds: DatasetArrays, second_moments: bool):
     market = jax.tree_util.tree_map(lambda a: a[ds.markets], market_batch)
     delta = deltas[ds.markets]
-    if ds.factors is not None and not second_moments:
+    if ds.factors is not None:
         num, den, second = jax.vmap(
-            lambda d, m, w, f: _dataset_terms(d, theta, m, w, None, ds, False, f),
+            lambda d, m, w, f: _dataset_terms(d, theta, m, w, None, ds, second_moments, f),
             in_axes=(0, 0, 0, (1, 1)),
         )(delta, market, ds.weights, ds.factors)
     else:
