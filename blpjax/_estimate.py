@@ -83,9 +83,7 @@ is formed a few parameters at a time (``lax.map`` over chunks of tangents) inste
 def _jacobian(f, x, setup):
     """∂f/∂x by forward mode; in chunks of parameters for large problems (bounded memory)."""
     P = x.shape[0]
-    T, J = setup.mask.shape
-    per_tangent = T * J * setup.market.weights.shape[-1]
-    chunk = max(1, JACOBIAN_CHUNK_ELEMENTS // per_tangent)
+    chunk = max(1, JACOBIAN_CHUNK_ELEMENTS // setup.elements)
     if P <= chunk:
         return jax.jacfwd(f)(x)
     n = -(-P // chunk)
@@ -256,8 +254,7 @@ def estimate(
         raise BLPSpecificationError(f"se_type and W_type must be one of {SE_TYPES}.")
     x = np.asarray(spec.x0 if x0 is None else x0, np.float64)
     post_args = (products.X1, products.cluster_ids, products.n_clusters, se_type, W_type)
-    T, J = setup.mask.shape
-    post = _post.quick if T * J * setup.market.weights.shape[-1] < QUICK_ELEMENTS else _post
+    post = _post.quick if setup.elements < QUICK_ELEMENTS else _post
     ZX_all = setup.ZX_all_host()
 
     pending = None

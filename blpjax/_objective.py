@@ -42,6 +42,12 @@ class Setup(eqx.Module):
     supply: SupplySetup | None = None
 
     @property
+    def elements(self) -> int:
+        """Markets × products × agents of the padded arrays (the size of one I×J quantity for all markets)."""
+        T, J = self.mask.shape
+        return T * J * self.market.weights.shape[-1]
+
+    @property
     def M(self) -> int:
         """Product moments: demand instruments, then supply instruments."""
         return self.Z.shape[-1] + (self.supply.MS if self.supply is not None else 0)
