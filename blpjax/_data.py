@@ -217,14 +217,15 @@ def build_products(
 
     # collinearity, after absorbing fixed effects (numpy, before any jitted numerics)
     if absorb:
-        from ._objective import absorb_columns_host  # the core routine (one jitted call for Z and X1 together)
+        from ._objective import absorb_columns  # the core routine (one jitted call for Z and X1 together)
 
         # [Z, X1] in one call, the column order Setup.build uses, so the compiled absorption is reused
-        ZX1c = absorb_columns_host(
+        ZX1c = absorb_columns(
             _pad(np.column_stack([Z, X1]), t_codes, j_index, T, J),
             _pad(fe, t_codes, j_index, T, J),
             mask,
             tuple(fe_sizes),
+            xp=np,
         )[mask]
         Zc, X1c = ZX1c[:, : Z.shape[1]], ZX1c[:, Z.shape[1] :]
         hint = f" after absorbing {list(absorb)} (a characteristic that is constant within a fixed effect is absorbed by it)"

@@ -148,7 +148,7 @@ def _post_step(
 
     MW = M + (micro.MM if micro is not None else 0)
     G_theta = _jacobian(stacked_moments, x, setup) if spec.P else jnp.zeros((MW, 0))
-    ZX = setup.ZX_all
+    ZX = setup.ZX_all()
     if micro is not None:
         ZX = jnp.concatenate([ZX, jnp.zeros((micro.MM, ZX.shape[1]))])
     G = jnp.concatenate([G_theta, -ZX], axis=1)
@@ -255,7 +255,7 @@ def estimate(
     x = np.asarray(spec.x0 if x0 is None else x0, np.float64)
     post_args = (products.X1, products.cluster_ids, products.n_clusters, se_type, W_type)
     post = _post.quick if setup.elements < QUICK_ELEMENTS else _post
-    ZX_all = setup.ZX_all_host()
+    ZX_all = setup.ZX_all(host=True)
 
     pending = None
     if _overlap_compilation() and spec.P and isinstance(optimizer, ScipyOptimizer):

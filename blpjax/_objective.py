@@ -52,19 +52,16 @@ class Setup(eqx.Module):
         """Product moments: demand instruments, then supply instruments."""
         return self.Z.shape[-1] + (self.supply.MS if self.supply is not None else 0)
 
-    @property
-    def ZX_all(self) -> Float[Array, "M K"]:
-        """Z'X/N of the stacked (demand, supply) linear IV problem: block diagonal in (β, γ)."""
-        if self.supply is None:
-            return self.ZX
-        return jax.scipy.linalg.block_diag(self.ZX, self.supply.ZX3)
+    def ZX_all(self, host: bool = False) -> Float[Array, "M K"]:
+        """Z'X/N of the stacked (demand, supply) linear IV problem: block diagonal in (β, γ).
 
-    def ZX_all_host(self) -> np.ndarray:
-        """:attr:`ZX_all` in NumPy (host-side set-up: no XLA program per shape)."""
-        ZX = np.asarray(self.ZX, np.float64)
+        ``host=True`` returns it in NumPy (host-side set-up: no XLA program per shape).
+        """
+        xp, block_diag = (np, scipy.linalg.block_diag) if host else (jnp, jax.scipy.linalg.block_diag)
+        ZX = xp.asarray(self.ZX, xp.float64)
         if self.supply is None:
             return ZX
-        return scipy.linalg.block_diag(ZX, np.asarray(self.supply.ZX3, np.float64))
+        return block_diag(ZX, xp.asarray(self.supply.ZX3, xp.float64))
 
     @classmethod
     def build(cls, products: Products, agents: Agents, supply: SupplySetup | None = None) -> Setup:
@@ -75,11 +72,12 @@ class Setup(eqx.Module):
         log_S = jnp.asarray(np.where(mask_np, np.log(np.where(mask_np, shares, 1.0)), 0.0))
         market = Market(products.X2, agents.nodes, agents.demographics, agents.weights, log_S, mask, products.nest_ids)
         M = products.Z.shape[-1]
-        ZX1 = absorb_columns_host(
+        ZX1 = absorb_columns(
             np.concatenate([np.asarray(products.Z), np.asarray(products.X1)], axis=-1),
             products.fe_ids,
             mask_np,
             products.fe_sizes,
+            xp=np,
         )
         Z, X1 = ZX1[..., :M], ZX1[..., M:]
         N = products.n_products
@@ -99,34 +97,27 @@ class Setup(eqx.Module):
         )
 
 
-def absorb_columns(values, fe_ids, mask, sizes):
-    """Absorb fixed effects from (T, J, K) arrays (identity when nothing is absorbed)."""
+def absorb_columns(values, fe_ids, mask, sizes, xp=jnp):
+    """Absorb fixed effects from (T, J, K) arrays (identity when nothing is absorbed).
+
+    ``xp=numpy`` for host-side set-up: NumPy in and out, the absorption itself one jitted call
+    (none without fixed effects), so no eager XLA program is compiled per array shape.
+    """
+    values, mask = xp.asarray(values, xp.float64), xp.asarray(mask)
     T, J, K = values.shape
-    values = jnp.where(mask[..., None], values, 0.0)
-    if not sizes or K == 0:
-        return values
-    r, _, _ = _absorb_jit(values.reshape(T * J, K), fe_ids.reshape(T * J, -1), mask.reshape(-1), sizes)
-    return r.reshape(T, J, K)
-
-
-_absorb_jit = jit(absorb, once=True, inline=True, static_argnums=(3, 4, 5))
-
-
-def absorb_columns_host(values, fe_ids, mask, sizes) -> np.ndarray:
-    """:func:`absorb_columns` for host-side set-up: NumPy in and out, one jitted call (none without FE)."""
-    values = np.asarray(values, np.float64)
-    mask = np.asarray(mask)
-    T, J, K = values.shape
-    values = np.where(mask[..., None], values, 0.0)
+    values = xp.where(mask[..., None], values, 0.0)
     if not sizes or K == 0:
         return values
     r, _, _ = _absorb_jit(
         jnp.asarray(values.reshape(T * J, K)),
-        jnp.asarray(np.asarray(fe_ids).reshape(T * J, -1)),
+        jnp.asarray(xp.asarray(fe_ids).reshape(T * J, -1)),  # reshaped before any transfer: no eager XLA op
         jnp.asarray(mask.reshape(-1)),
         sizes,
     )
-    return np.asarray(r).reshape(T, J, K)
+    return xp.asarray(r).reshape(T, J, K)
+
+
+_absorb_jit = jit(absorb, once=True, inline=True, static_argnums=(3, 4, 5))
 
 
 def solve_deltas(theta: Theta, setup: Setup, delta0: Float[Array, "T J"], config: ContractionConfig) -> FixedPoint:

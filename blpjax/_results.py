@@ -199,7 +199,7 @@ class Results:
             from ._estimate import objective_hessian
             from ._gmm import Concentration
 
-            conc = Concentration.build_host(self.setup.ZX_all_host(), self.final.W)
+            conc = Concentration.build_host(self.setup.ZX_all(host=True), self.final.W)
             H = objective_hessian(
                 self.spec, self.config, self.final.theta, self.final.delta, conc, self.setup, self.micro
             )

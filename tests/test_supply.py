@@ -114,7 +114,7 @@ def test_supply_gradient_matches_finite_differences(nested):
         res = results_at(problem, petrin.SIGMA, petrin.PI, contraction=config)
     assert not res.contraction_summary["failed_markets"]
     spec, setup = res.spec, problem.setup
-    conc = Concentration.build_host(setup.ZX_all_host(), res.W)  # as Problem.solve builds it
+    conc = Concentration.build_host(setup.ZX_all(host=True), res.W)  # as Problem.solve builds it
     x = jnp.asarray(res.final.theta)
     delta0 = res.final.delta
 
