@@ -22,6 +22,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._shares import NEG_INF, FactoredMarket, random_coefficients, shares
@@ -35,6 +36,7 @@ class SupplyMarket(eqx.Module):
     prices: Float[Array, " J"]
     firm_ids: Int[Array, " J"]
     dX2: Float[Array, "J K2"]  # ∂X2/∂p
+    firms: Bool[Array, "J F"]  # firms[j, f]: product j belongs to the market's f-th firm (no firm on padding)
 
 
 class SupplySetup(eqx.Module):
@@ -61,9 +63,31 @@ def build_supply_setup(products, arrays: dict, costs_type: str) -> SupplySetup:
     mask = products.mask[..., None]
     X3 = jnp.where(mask, jnp.asarray(arrays["X3"]), 0.0)
     ZS = jnp.where(mask, jnp.asarray(arrays["ZS"]), 0.0)
-    market = SupplyMarket(products.prices, products.firm_ids, jnp.asarray(arrays["dX2"]))
+    market = SupplyMarket(
+        products.prices,
+        products.firm_ids,
+        jnp.asarray(arrays["dX2"]),
+        firm_membership(products.firm_ids, products.mask),
+    )
     ZX3 = jnp.einsum("tjm,tjk->mk", ZS, X3) / products.n_products
     return SupplySetup(market, X3, ZS, ZX3, costs_type)
+
+
+def firm_membership(firm_ids, mask) -> Bool[Array, "T J F"]:
+    """Each market's products by firm (host side): F is the most firms in any market.
+
+    The ownership matrix of a market is O = B Bᵀ with B its (J, F) membership; the markup
+    derivatives multiply by O through B (2·J·F instead of J² per agent) when firms are few.
+    """
+    ids, keep = np.asarray(firm_ids), np.asarray(mask, bool)
+    codes = np.zeros(ids.shape, np.int64)
+    F = 1
+    for t in range(ids.shape[0]):
+        _, inverse = np.unique(ids[t][keep[t]], return_inverse=True)
+        codes[t][keep[t]] = inverse
+        F = max(F, int(inverse.max()) + 1 if inverse.size else 1)
+    out = (codes[..., None] == np.arange(F)) & keep[..., None]
+    return jnp.asarray(out)
 
 
 def utility_price_derivatives(theta, nodes, demographics, supply: SupplyMarket) -> Float[Array, "I J"]:
@@ -103,8 +127,19 @@ def model_shares(delta, theta, market) -> Float[Array, " J"]:
 
 
 def markups(delta, theta, market, supply: SupplyMarket, ownership=None) -> Float[Array, " J"]:
-    """η = Δ⁻¹ s with Δ = −O ⊙ (∂s/∂p)ᵀ (0 on padded products)."""
+    """η = Δ⁻¹ s with Δ = −O ⊙ (∂s/∂p)ᵀ (0 on padded products).
+
+    Without nesting and with the data's ownership this goes through :func:`_bertrand_markups`
+    (derivatives in O(J·I) per tangent); nested models or another ``ownership`` (counterfactual
+    mergers) form Δ's derivatives by plain autodiff of the dense J×J Jacobian.
+    """
     mask = market.mask
+    if ownership is None and not theta.nested:
+        from ._implicit import market_mu
+
+        P = FactoredMarket.build(market_mu(theta, market), market.weights, mask).probabilities(delta)
+        a = jnp.where(mask[None, :], utility_price_derivatives(theta, market.nodes, market.demographics, supply), 0.0)
+        return _bertrand_markups(P, a, market.weights, supply.firms, mask)
     J = delta.shape[0]
     if ownership is None:
         ownership = ownership_matrix(supply.firm_ids, mask)
@@ -113,6 +148,73 @@ def markups(delta, theta, market, supply: SupplyMarket, ownership=None) -> Float
     capital_delta = jnp.where(mask[:, None] & mask[None, :], capital_delta, jnp.eye(J, dtype=delta.dtype))
     s = jnp.where(mask, model_shares(delta, theta, market), 0.0)
     return jnp.where(mask, jnp.linalg.solve(capital_delta, s), 0.0)
+
+
+def _own(X, B):
+    """X O with O = B Bᵀ the ownership matrix: Σ_k X_ik O_kj, through B when firms are few."""
+    if 2 * B.shape[1] < B.shape[0]:
+        return (X @ B) @ B.T
+    return X @ (B @ B.T)
+
+
+def _bertrand_parts(P, a, w, firms, mask):
+    """Δ (identity on padding), s and η of one market from probabilities P and ∂u/∂p = a (both I×J).
+
+    ∂s_j/∂p_k = Λ_j 1{j=k} − Γ_jk with Λ = Σ_i w_i P_ij a_ij and Γ_jk = Σ_i w_i P_ij P_ik a_ik, so
+    Δ = −O ⊙ (∂s/∂p)ᵀ = O ⊙ Γᵀ − diag(Λ).
+    """
+    B = firms.astype(P.dtype)
+    both = mask[:, None] & mask[None, :]
+    wP = w[:, None] * P
+    Pa = P * a
+    lam = w @ Pa
+    capital_delta = (B @ B.T) * (Pa.T @ wP) - jnp.diag(lam)
+    capital_delta = jnp.where(both, capital_delta, jnp.eye(P.shape[1], dtype=P.dtype))
+    s = jnp.where(mask, w @ P, 0.0)
+    return capital_delta, s
+
+
+@eqx.filter_custom_jvp
+def _bertrand_markups(P, a, w, firms, mask):
+    """η = Δ⁻¹ s (see :func:`_bertrand_parts`), with a JVP rule that never forms dΔ.
+
+    dη = Δ⁻¹ (ds − dΔ η), and (dΔ η)_j = Σ_k O_jk dΓ_kj η_k − dΛ_j η_j only needs, per agent,
+    sums over the products of j's firm: (dΔ η)_j = Σ_i [Pa ⊙ (d(wP) η)O + d(Pa) ⊙ (wP η)O − η ⊙ d(wPa)]_ij.
+    That is O(J·I·F) per tangent against O(J²·I) for autodiff through Γ, and reverse mode
+    transposes it (with Δ's LU factors reused for Δᵀ).
+    """
+    capital_delta, s = _bertrand_parts(P, a, w, firms, mask)
+    return jnp.where(mask, jnp.linalg.solve(capital_delta, s), 0.0)
+
+
+@_bertrand_markups.def_jvp
+def _bertrand_markups_jvp(primals, tangents):
+    P, a, w, firms, mask = primals
+    dP, da, dw = (jnp.zeros_like(x) if t is None else t for x, t in zip((P, a, w), tangents[:3], strict=True))
+    capital_delta, s = _bertrand_parts(P, a, w, firms, mask)
+    # Δ is not symmetric: the transpose solve reuses the LU factors (trans=1); the matvec uses the
+    # undetached Δ, so that higher derivatives (the Hessian) differentiate through both solves
+    lu = jax.scipy.linalg.lu_factor(jax.lax.stop_gradient(capital_delta))
+
+    def solve(r):
+        return jax.lax.custom_linear_solve(
+            lambda v: capital_delta @ v,
+            r,
+            lambda _, b: jax.scipy.linalg.lu_solve(lu, b),
+            lambda _, b: jax.scipy.linalg.lu_solve(lu, b, trans=1),
+        )
+
+    eta = jnp.where(mask, solve(s), 0.0)
+    B = firms.astype(P.dtype)
+    wP, Pa = w[:, None] * P, P * a
+    d_wP = dw[:, None] * P + w[:, None] * dP
+    d_Pa = dP * a + P * da
+    d_wPa = dw[:, None] * Pa + w[:, None] * d_Pa
+    R = _own(wP * eta[None, :], B)
+    dR = _own(d_wP * eta[None, :], B)
+    rhs = jnp.where(mask, jnp.sum(d_wP - Pa * dR - d_Pa * R + d_wPa * eta[None, :], axis=0), 0.0)
+    t_eta = solve(rhs)
+    return eta, jnp.where(mask, t_eta, 0.0)
 
 
 def ownership_matrix(firm_ids: Int[Array, " J"], mask: Bool[Array, " J"]) -> Float[Array, "J J"]:

@@ -227,3 +227,73 @@ def test_outer_product_micro_parts_equal_dense_path():
     x = jnp.asarray(res.final.theta)
     np.testing.assert_allclose(g(x, micro), g(x, dense), rtol=1e-13)
     np.testing.assert_allclose(jax.jacrev(g)(x, micro), jax.jacrev(g)(x, dense), rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("firms_per_market", [3, 9])
+def test_markup_jvp_rule_matches_dense_autodiff(firms_per_market):
+    """The O(J·I·F) JVP rule of the markups equals autodiff through the dense J×J Δ: forward, reverse, Hessian.
+
+    Random probabilities (with padded products), price derivatives, weights and ownership; 3 firms
+    of 10 products takes the factored ownership product (X B) Bᵀ, 9 firms the dense X (B Bᵀ).
+    """
+    from blpjax._supply import _bertrand_markups, _bertrand_parts, firm_membership
+
+    rng = np.random.default_rng(firms_per_market)
+    I, J = 7, 10
+    mask = jnp.asarray(np.arange(J) < 8)  # two padded products
+    firm_ids = jnp.asarray(rng.integers(0, firms_per_market, size=(1, J)))
+    firms = firm_membership(firm_ids, mask[None])[0]
+    u = rng.normal(size=(I, J))
+    e = np.exp(u) * np.asarray(mask)
+    P = jnp.asarray(e / (1 + e.sum(1, keepdims=True)))
+    a = jnp.asarray(-rng.uniform(1, 3, size=(I, 1)) * rng.uniform(0.5, 1.5, size=(I, J)) * np.asarray(mask))
+    w = jnp.asarray(rng.uniform(0.5, 1.5, size=I) / I)
+
+    def dense(P, a, w):
+        capital_delta, s = _bertrand_parts(P, a, w, firms, mask)
+        return jnp.where(mask, jnp.linalg.solve(capital_delta, s), 0.0)
+
+    def rule(P, a, w):
+        return _bertrand_markups(P, a, w, firms, mask)
+
+    np.testing.assert_allclose(rule(P, a, w), dense(P, a, w), rtol=1e-13)
+    tangents = tuple(jnp.asarray(rng.normal(size=x.shape)) for x in (P, a, w))
+    np.testing.assert_allclose(
+        jax.jvp(rule, (P, a, w), tangents)[1], jax.jvp(dense, (P, a, w), tangents)[1], rtol=1e-10, atol=1e-12
+    )
+    cot = jnp.asarray(rng.normal(size=J))
+    for g_rule, g_dense in zip(jax.vjp(rule, P, a, w)[1](cot), jax.vjp(dense, P, a, w)[1](cot), strict=True):
+        np.testing.assert_allclose(g_rule, g_dense, rtol=1e-10, atol=1e-12)
+
+    def scalar(f):
+        return lambda w_: jnp.sum(jnp.log1p(f(P, a, w_) ** 2))
+
+    np.testing.assert_allclose(jax.hessian(scalar(rule))(w), jax.hessian(scalar(dense))(w), rtol=1e-9, atol=1e-10)
+
+
+def test_markup_derivatives_match_dense_path_in_a_market():
+    """Through θ and δ in a real market: the JVP rule equals autodiff of the dense price Jacobian."""
+    from blpjax._implicit import Market
+    from blpjax._supply import markups, ownership_matrix
+
+    products, agents = _subset(size=8)
+    problem = petrin.blpjax_problem(products, agents)
+    res = results_at(problem, petrin.SIGMA, petrin.PI, contraction=ContractionConfig(tol=TOL))
+    setup, spec = problem.setup, res.spec
+    t = 2
+    market = jax.tree_util.tree_map(lambda v: v[t], setup.market)
+    supply = jax.tree_util.tree_map(lambda v: v[t], setup.supply.market)
+    assert isinstance(market, Market)
+    delta = jnp.asarray(res.final.delta)[t]
+    O = ownership_matrix(supply.firm_ids, market.mask)
+
+    def both(x, d):
+        theta = spec.unpack(x)
+        return markups(d, theta, market, supply), markups(d, theta, market, supply, ownership=O)
+
+    x = jnp.asarray(res.final.theta)
+    rule, dense = both(x, delta)
+    np.testing.assert_allclose(rule, dense, rtol=1e-12)
+    J_rule, J_dense = jax.jacfwd(both, argnums=(0, 1))(x, delta)
+    for r, d in zip(J_rule, J_dense, strict=True):
+        np.testing.assert_allclose(r, d, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(d))))
