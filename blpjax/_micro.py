@@ -49,6 +49,11 @@ class DatasetArrays(eqx.Module):
             demographic times a product characteristic, the common case), ``(a, b)`` with shapes
             ``(P_d, T_d, I)`` and ``(P_d, T_d, A)``: the objective then reads O(I·A) numbers per part
             and market instead of the dense values (first choices only; ``None`` otherwise).
+        weight_factors: likewise ``(c, d)`` with shapes ``(T_d, I)`` and ``(T_d, A)`` when the weights
+            are w_dij = c_i d_j in every market (all ones, an agent group times a product set, ...):
+            with ``factors`` too, the weights array is not read and the probabilities are only
+            multiplied by the P + 1 columns d ⊙ b_p, d (``None`` otherwise).
+        all_markets: the dataset covers every market of the problem, in order (no gather).
     """
 
     markets: Int[Array, " Td"]
@@ -59,6 +64,8 @@ class DatasetArrays(eqx.Module):
     outside_second: bool = eqx.field(static=True)
     observations: int = eqx.field(static=True)
     factors: tuple[Array, Array] | None = None
+    weight_factors: tuple[Array, Array] | None = None
+    all_markets: bool = eqx.field(static=True, default=False)
 
 
 class MicroSetup(eqx.Module):
@@ -136,6 +143,39 @@ def choice_probabilities(
     return D[:, rows, cols]
 
 
+def _first_choice_products(delta, theta, market, outside_first: bool, B):
+    """Σ_j s_ij B_kj for the rows k of B, ``(I, K)``, without forming the (I, 1+J) probabilities."""
+    mask = market.mask
+    rho = theta.rho if theta.nested else None
+    log_p, lse = choice(delta, market_mu(theta, market), mask, market.nest_ids, rho)
+    P = _exp_masked(log_p, mask[None, :])  # (I, J)
+    if not outside_first:
+        return P @ B.T
+    return jnp.exp(-lse)[:, None] * B[:, 0][None, :] + P @ B[:, 1:].T
+
+
+def _factored_terms(delta, theta, market, ds: DatasetArrays, second_moments: bool, factors, weight_factors):
+    """:func:`_dataset_terms` when values (a_pi b_pj) and weights (c_i d_j) are outer products.
+
+    Σ_ij w_i c_i d_j s_ij a_pi b_pj = Σ_i w_i c_i a_pi (Σ_j s_ij d_j b_pj): the probabilities are read
+    once, against the P + 1 rows d ⊙ b_p and d (and the P² rows d ⊙ b_p b_q for second moments).
+    """
+    a, b = factors  # (P, I), (P, A)
+    c, d = weight_factors  # (I,), (A,)
+    P = a.shape[0]
+    u = market.weights * c  # (I,)
+    rows = jnp.concatenate([b, jnp.ones((1, b.shape[1]), b.dtype)]) * d[None, :]
+    G = _first_choice_products(delta, theta, market, ds.outside_first, rows)  # (I, P + 1)
+    num = jnp.sum(a * (u[:, None] * G[:, :P]).T, axis=1)
+    den = u @ G[:, P]
+    if not second_moments:
+        return num, den, None
+    a2 = (a[:, None, :] * a[None, :, :]).reshape(P * P, -1)
+    b2 = (b[:, None, :] * b[None, :, :]).reshape(P * P, -1)
+    G2 = _first_choice_products(delta, theta, market, ds.outside_first, b2 * d[None, :])  # (I, P²)
+    return num, den, jnp.sum(a2 * (u[:, None] * G2).T, axis=1).reshape(P, P)
+
+
 def _dataset_terms(delta, theta, market, weights, values, ds: DatasetArrays, second_moments: bool, factors=None):
     """One market's Σ ω (denominator), Σ ω v_p (numerators) and optionally Σ ω v_p v_q."""
     probs = choice_probabilities(delta, theta, market, ds.outside_first, ds.second, ds.outside_second)
@@ -163,9 +203,17 @@ def _dataset_terms(delta, theta, market, weights, values, ds: DatasetArrays, sec
 
 
 def _dataset_sums(theta: Theta, market_batch: Market, deltas, ds: DatasetArrays, second_moments: bool):
-    market = jax.tree_util.tree_map(lambda a: a[ds.markets], market_batch)
-    delta = deltas[ds.markets]
-    if ds.factors is not None:
+    if ds.all_markets:
+        market, delta = market_batch, deltas
+    else:
+        market = jax.tree_util.tree_map(lambda a: a[ds.markets], market_batch)
+        delta = deltas[ds.markets]
+    if ds.factors is not None and ds.weight_factors is not None:
+        num, den, second = jax.vmap(
+            lambda d, m, f, wf: _factored_terms(d, theta, m, ds, second_moments, f, wf),
+            in_axes=(0, 0, (1, 1), (0, 0)),
+        )(delta, market, ds.factors, ds.weight_factors)
+    elif ds.factors is not None:
         num, den, second = jax.vmap(
             lambda d, m, w, f: _dataset_terms(d, theta, m, w, None, ds, second_moments, f),
             in_axes=(0, 0, 0, (1, 1)),

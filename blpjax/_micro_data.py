@@ -290,6 +290,10 @@ def build_micro(
         vals = np.stack([_evaluate(p.values, sub, f"values of micro part '{p.name}'", w.shape[1:]) for p in own])
         J = views.J
         factors = _outer_factors(vals) if w.ndim == 3 else None
+        weight_factors = None
+        if factors is not None:
+            wf = _outer_factors(w[None])
+            weight_factors = None if wf is None else (wf[0][0], wf[1][0])
         arrays.append(
             DatasetArrays(
                 jnp.asarray(markets),
@@ -300,6 +304,8 @@ def build_micro(
                 outside_second=w.ndim == 4 and w.shape[3] == J + 1,
                 observations=int(d.observations),
                 factors=factors,
+                weight_factors=weight_factors,
+                all_markets=bool(np.array_equal(markets, np.arange(len(position)))),
             )
         )
     part_pos = []

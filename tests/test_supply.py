@@ -204,29 +204,54 @@ def test_supply_errors_teach():
 
 
 def test_outer_product_micro_parts_equal_dense_path():
-    """Parts detected as outer products (a_i b_j) give the dense path's values and derivatives."""
+    """Parts and weights detected as outer products (a_i b_j, c_i d_j) give the dense path's values,
+    derivatives and covariances; so does gathering the dataset's markets instead of taking all of them."""
+    import dataclasses
+
     import equinox as eqx
 
-    from blpjax._micro import micro_moments
+    from blpjax._micro import micro_moments, part_covariances
+    from blpjax._objective import deltas_at_solution
 
     products, agents = _subset(size=10)
     problem = petrin.blpjax_problem(products, agents)
-    micro, _ = problem.build_micro(petrin.blpjax_micro_moments())
-    assert all(ds.factors is not None for ds in micro.datasets)
-    dense = eqx.tree_at(
-        lambda m: [ds.factors for ds in m.datasets], micro, [None] * len(micro.datasets), is_leaf=lambda x: x is None
+    # a second survey with non-trivial weights c_i d_j (family size x a product characteristic)
+    survey = blpjax.MicroDataset(
+        "weighted", 500, lambda m: jnp.outer(m.agents["fs"], jnp.r_[0.5, 1.0 + m.products["hpwt"]])
     )
+    parts = [
+        blpjax.MicroPart("age x mi", survey, lambda m: jnp.outer(m.agents["age"], jnp.r_[0.0, m.products["mi"]])),
+        blpjax.MicroPart("inside", survey, lambda m: jnp.outer(jnp.ones(m.I), jnp.r_[0.0, jnp.ones(m.J)])),
+    ]
+    weighted = blpjax.MicroMoment("weighted ratio", 0.5, parts, lambda v: v[0] / v[1])
+    micro, _ = problem.build_micro([*petrin.blpjax_micro_moments(), weighted])
+    assert len(micro.datasets) == 2
+    assert all(ds.factors is not None and ds.weight_factors is not None for ds in micro.datasets)
+    assert all(ds.all_markets for ds in micro.datasets)
+
+    def without(m, field, value):
+        datasets = tuple(dataclasses.replace(ds, **{field: value}) for ds in m.datasets)
+        return eqx.tree_at(lambda m_: m_.datasets, m, datasets)
+
+    values_only = without(micro, "weight_factors", None)  # factored values, dense weights
+    dense = without(values_only, "factors", None)
+    gathered = without(micro, "all_markets", False)
     res = results_at(problem, petrin.SIGMA, petrin.PI, contraction=ContractionConfig(tol=TOL))
     spec, setup, delta = res.spec, problem.setup, res.final.delta
-    from blpjax._objective import deltas_at_solution
 
     def g(x, m):
         theta = spec.unpack(x)
         return micro_moments(theta, setup.market, deltas_at_solution(theta, setup, delta), m)
 
     x = jnp.asarray(res.final.theta)
-    np.testing.assert_allclose(g(x, micro), g(x, dense), rtol=1e-13)
-    np.testing.assert_allclose(jax.jacrev(g)(x, micro), jax.jacrev(g)(x, dense), rtol=1e-11, atol=1e-14)
+    reference, jac = g(x, dense), jax.jacrev(g)(x, dense)
+    cov = part_covariances(spec.unpack(x), setup.market, delta, dense)
+    for m in (micro, values_only, gathered):
+        np.testing.assert_allclose(g(x, m), reference, rtol=1e-13)
+        np.testing.assert_allclose(jax.jacrev(g)(x, m), jac, rtol=1e-11, atol=1e-14)
+        np.testing.assert_allclose(
+            part_covariances(spec.unpack(x), setup.market, delta, m), cov, rtol=1e-11, atol=1e-16
+        )
 
 
 @pytest.mark.parametrize("firms_per_market", [3, 9])
