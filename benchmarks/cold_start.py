@@ -94,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problem", default="nevo")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--no-allocator-tuning", action="store_true", help="as in compare_pyblp.py")
     args = parser.parse_args(argv)
+    if not args.no_allocator_tuning and argv is None:  # the child processes inherit the environment
+        from blpjax import relaunch_with_tuned_allocator
+
+        relaunch_with_tuned_allocator()
     sys.path.insert(0, str(HERE))
     from compare_pyblp import device_info
 
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         device=device_info(),
         load_average_1min=os.getloadavg()[0],
+        glibc_tunables=os.environ.get("GLIBC_TUNABLES"),
         runs=args.runs,
         what="medians over runs of fresh processes: import, problem set-up, first solve (incl. SEs)",
         medians=med,

@@ -488,6 +488,7 @@ def run_case(case: Case, repeats: int) -> dict:
         "repeats": repeats,
         # 1-minute load average before and after the case: other processes on the machine distort timings
         "load_average_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "N": int(bproblem.N),
         "T": int(bproblem.T),
         # timings
@@ -561,6 +562,7 @@ def print_table(r: dict) -> None:
         f"N={r['N']} T={r['T']}; {r['date']}"
     )
     print(f"   1-min load average before/after: {r['load_average_1min']} (on {d['cpu_count']} cores)")
+    print(f"   GLIBC_TUNABLES (both libraries, one process): {r.get('glibc_tunables')}")
     rows = [
         ("wall time, warm (s)", r["blpjax_run_s"], r["pyblp_s"], r["speedup_warm"]),
         ("wall time, first incl. compile (s)", r["blpjax_first_s"], r["pyblp_s"], r["speedup_cold"]),
@@ -622,9 +624,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problem", choices=[*CASES, "all"], default="all")
     parser.add_argument("--repeats", type=int, default=3, help="warm blpjax solves (median); default %(default)s")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="default: %(default)s")
+    parser.add_argument(
+        "--no-allocator-tuning",
+        action="store_true",
+        help="keep glibc's default allocator settings (default: relaunch with blpjax.ALLOCATOR_TUNABLES, both libraries)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if not args.no_allocator_tuning and argv is None:
+        from blpjax import relaunch_with_tuned_allocator
+
+        relaunch_with_tuned_allocator()
 
     names = list(CASES) if args.problem == "all" else [args.problem]
     args.out_dir.mkdir(parents=True, exist_ok=True)

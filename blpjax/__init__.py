@@ -5,6 +5,9 @@ Importing blpjax turns on float64 in JAX (``jax_enable_x64``): share inversions 
 """
 
 from . import _config as _config  # noqa: F401  (enables float64 first)
+from ._allocator import ALLOCATOR_TUNABLES as ALLOCATOR_TUNABLES
+from ._allocator import allocator_tuned as allocator_tuned
+from ._allocator import relaunch_with_tuned_allocator as relaunch_with_tuned_allocator
 from ._config import enable_compilation_cache as enable_compilation_cache
 from ._contraction import ContractionConfig as ContractionConfig
 from ._errors import BLPDataError as BLPDataError

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pandas as pd
 
+from ._allocator import relaunch_with_tuned_allocator
 from ._integration import Integration
 from ._micro_data import MicroDataset, MicroMoment, MicroPart
 from ._problem import Problem
@@ -156,6 +157,8 @@ def main(argv=None) -> None:
     d.add_argument("--buyers", type=int, default=1000, help="observations of the buyer survey")
     d.add_argument("--draws", type=int, default=50, help="draws integrating each buyer's unobserved tastes")
     args = parser.parse_args(argv)
+    if argv is None:  # the ``blpjax`` command itself (not a call from Python): see blpjax._allocator
+        relaunch_with_tuned_allocator()
     if args.command == "demo":
         demo(args.markets, args.agents, args.seed, args.survey_markets, args.buyers, args.draws)
 
