@@ -79,13 +79,14 @@ def firm_membership(firm_ids, mask) -> Bool[Array, "T J F"]:
     The ownership matrix of a market is O = B Bᵀ with B its (J, F) membership; the markup
     derivatives multiply by O through B (2·J·F instead of J² per agent) when firms are few.
     """
-    ids, keep = np.asarray(firm_ids), np.asarray(mask, bool)
+    ids, keep = np.asarray(firm_ids, np.int64), np.asarray(mask, bool)
+    T = ids.shape[0]
+    t = np.broadcast_to(np.arange(T)[:, None], ids.shape)
+    pairs, inverse = np.unique(np.stack([t[keep], ids[keep]], axis=1), axis=0, return_inverse=True)
+    first = np.searchsorted(pairs[:, 0], np.arange(T))  # each market's first (market, firm) pair
     codes = np.zeros(ids.shape, np.int64)
-    F = 1
-    for t in range(ids.shape[0]):
-        _, inverse = np.unique(ids[t][keep[t]], return_inverse=True)
-        codes[t][keep[t]] = inverse
-        F = max(F, int(inverse.max()) + 1 if inverse.size else 1)
+    codes[keep] = np.arange(len(pairs))[inverse.ravel()] - first[pairs[inverse.ravel(), 0]]
+    F = max(1, int(codes.max()) + 1 if keep.any() else 1)
     out = (codes[..., None] == np.arange(F)) & keep[..., None]
     return jnp.asarray(out)
 

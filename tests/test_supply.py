@@ -322,3 +322,19 @@ def test_markup_derivatives_match_dense_path_in_a_market():
     J_rule, J_dense = jax.jacfwd(both, argnums=(0, 1))(x, delta)
     for r, d in zip(J_rule, J_dense, strict=True):
         np.testing.assert_allclose(r, d, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(d))))
+
+
+def test_firm_membership_gives_the_ownership_matrix():
+    """B Bᵀ from the vectorised per-market firm codes equals the same-firm matrix, padding excluded."""
+    from blpjax._supply import firm_membership, ownership_matrix
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 7, size=(30, 12))
+    mask = rng.random((30, 12)) < 0.8
+    mask[3] = False  # a market without products
+    B = np.asarray(firm_membership(ids, mask), float)
+    assert B.shape[2] == max(len(np.unique(ids[t][mask[t]])) for t in range(30))
+    assert np.all(B.sum(2) == mask)  # one firm per real product, none on padding
+    for t in range(30):
+        O = np.asarray(ownership_matrix(jnp.asarray(ids[t]), jnp.asarray(mask[t])))
+        np.testing.assert_array_equal(B[t] @ B[t].T, O)
