@@ -33,7 +33,7 @@ from ._gmm import (
 from ._markets import Products
 from ._micro import MicroSetup, micro_moments
 from ._micro import moment_covariances as micro_moment_covariances
-from ._objective import Setup, deltas_at_solution, objective, structural_errors
+from ._objective import Setup, deltas_at_solution, objective, shared_probabilities, structural_errors
 from ._optimize import OptaxOptimizer, ScipyOptimizer, optax_minimize, scipy_minimize
 from ._params import ParameterSpec
 from ._supply import all_costs, supply_moments
@@ -139,11 +139,12 @@ def _post_step(
         theta = spec.unpack(x_)
         d = deltas_at_solution(theta, setup, delta)
         g = instrument_moments(setup.Z, d, setup.mask, setup.N)
+        probs = shared_probabilities(theta, setup, d, micro)
         if supply is not None:
-            c = all_costs(d, theta, setup)
+            c = all_costs(d, theta, setup, None if probs is None else probs[0])
             g = jnp.concatenate([g, supply_moments(c.transformed, setup)])
         if micro is not None:
-            g = jnp.concatenate([g, micro_moments(theta, setup.market, d, micro)])
+            g = jnp.concatenate([g, micro_moments(theta, setup.market, d, micro, probs)])
         return g
 
     MW = M + (micro.MM if micro is not None else 0)

@@ -94,6 +94,18 @@ def _exp_masked(log_p, keep):
     return jnp.where(keep, jnp.exp(jnp.where(keep, log_p, 0.0)), 0.0)
 
 
+def first_choice_probabilities(delta: Float[Array, " J"], theta: Theta, market: Market):
+    """(P, P0): inside choice probabilities ``(I, J)`` (0 on padding) and the outside good's ``(I,)``.
+
+    The objective computes them once per market and hands them to the supply side and the micro
+    moments, so that one evaluation has one forward pass and one reverse pass through them.
+    """
+    mask = market.mask
+    rho = theta.rho if theta.nested else None
+    log_p, lse = choice(delta, market_mu(theta, market), mask, market.nest_ids, rho)
+    return _exp_masked(log_p, mask[None, :]), jnp.exp(-lse)
+
+
 def choice_probabilities(
     delta: Float[Array, " J"],
     theta: Theta,
@@ -143,18 +155,15 @@ def choice_probabilities(
     return D[:, rows, cols]
 
 
-def _first_choice_products(delta, theta, market, outside_first: bool, B):
+def _first_choice_products(probs, outside_first: bool, B):
     """Σ_j s_ij B_kj for the rows k of B, ``(I, K)``, without forming the (I, 1+J) probabilities."""
-    mask = market.mask
-    rho = theta.rho if theta.nested else None
-    log_p, lse = choice(delta, market_mu(theta, market), mask, market.nest_ids, rho)
-    P = _exp_masked(log_p, mask[None, :])  # (I, J)
+    P, P0 = probs
     if not outside_first:
         return P @ B.T
-    return jnp.exp(-lse)[:, None] * B[:, 0][None, :] + P @ B[:, 1:].T
+    return P0[:, None] * B[:, 0][None, :] + P @ B[:, 1:].T
 
 
-def _factored_terms(delta, theta, market, ds: DatasetArrays, second_moments: bool, factors, weight_factors):
+def _factored_terms(probs, market, ds: DatasetArrays, second_moments: bool, factors, weight_factors):
     """:func:`_dataset_terms` when values (a_pi b_pj) and weights (c_i d_j) are outer products.
 
     Σ_ij w_i c_i d_j s_ij a_pi b_pj = Σ_i w_i c_i a_pi (Σ_j s_ij d_j b_pj): the probabilities are read
@@ -165,14 +174,14 @@ def _factored_terms(delta, theta, market, ds: DatasetArrays, second_moments: boo
     P = a.shape[0]
     u = market.weights * c  # (I,)
     rows = jnp.concatenate([b, jnp.ones((1, b.shape[1]), b.dtype)]) * d[None, :]
-    G = _first_choice_products(delta, theta, market, ds.outside_first, rows)  # (I, P + 1)
+    G = _first_choice_products(probs, ds.outside_first, rows)  # (I, P + 1)
     num = jnp.sum(a * (u[:, None] * G[:, :P]).T, axis=1)
     den = u @ G[:, P]
     if not second_moments:
         return num, den, None
     a2 = (a[:, None, :] * a[None, :, :]).reshape(P * P, -1)
     b2 = (b[:, None, :] * b[None, :, :]).reshape(P * P, -1)
-    G2 = _first_choice_products(delta, theta, market, ds.outside_first, b2 * d[None, :])  # (I, P²)
+    G2 = _first_choice_products(probs, ds.outside_first, b2 * d[None, :])  # (I, P²)
     return num, den, jnp.sum(a2 * (u[:, None] * G2).T, axis=1).reshape(P, P)
 
 
@@ -202,17 +211,20 @@ def _dataset_terms(delta, theta, market, weights, values, ds: DatasetArrays, sec
     return num, den, second
 
 
-def _dataset_sums(theta: Theta, market_batch: Market, deltas, ds: DatasetArrays, second_moments: bool):
+def _dataset_sums(theta: Theta, market_batch: Market, deltas, ds: DatasetArrays, second_moments: bool, probs=None):
     if ds.all_markets:
         market, delta = market_batch, deltas
     else:
         market = jax.tree_util.tree_map(lambda a: a[ds.markets], market_batch)
         delta = deltas[ds.markets]
+        probs = None if probs is None else (probs[0][ds.markets], probs[1][ds.markets])
     if ds.factors is not None and ds.weight_factors is not None:
+        if probs is None:
+            probs = jax.vmap(first_choice_probabilities, in_axes=(0, None, 0))(delta, theta, market)
         num, den, second = jax.vmap(
-            lambda d, m, f, wf: _factored_terms(d, theta, m, ds, second_moments, f, wf),
-            in_axes=(0, 0, (1, 1), (0, 0)),
-        )(delta, market, ds.factors, ds.weight_factors)
+            lambda pr, m, f, wf: _factored_terms(pr, m, ds, second_moments, f, wf),
+            in_axes=((0, 0), 0, (1, 1), (0, 0)),
+        )(probs, market, ds.factors, ds.weight_factors)
     elif ds.factors is not None:
         num, den, second = jax.vmap(
             lambda d, m, w, f: _dataset_terms(d, theta, m, w, None, ds, second_moments, f),
@@ -226,11 +238,14 @@ def _dataset_sums(theta: Theta, market_batch: Market, deltas, ds: DatasetArrays,
     return jnp.sum(num, axis=0), jnp.sum(den), None if second is None else jnp.sum(second, axis=0)
 
 
-def part_values(theta: Theta, market_batch: Market, deltas: Float[Array, "T J"], micro: MicroSetup):
-    """Model analogues v_p(θ) of every part, pooled over each dataset's markets."""
+def part_values(theta: Theta, market_batch: Market, deltas: Float[Array, "T J"], micro: MicroSetup, probs=None):
+    """Model analogues v_p(θ) of every part, pooled over each dataset's markets.
+
+    ``probs``: :func:`first_choice_probabilities` of every market (batched), when already computed.
+    """
     by_dataset = []
     for ds in micro.datasets:
-        num, den, _ = _dataset_sums(theta, market_batch, deltas, ds, False)
+        num, den, _ = _dataset_sums(theta, market_batch, deltas, ds, False, probs)
         by_dataset.append(num / den)
     return jnp.stack([by_dataset[d][k] for d, k in micro.parts])
 
@@ -245,9 +260,9 @@ def moment_values(v: Float[Array, " PM"], micro: MicroSetup) -> Float[Array, " M
     )
 
 
-def micro_moments(theta: Theta, market_batch: Market, deltas, micro: MicroSetup) -> Float[Array, " MM"]:
-    """ḡ_M = observed − f(v(θ)), PyBLP's sign convention."""
-    return micro.observed - moment_values(part_values(theta, market_batch, deltas, micro), micro)
+def micro_moments(theta: Theta, market_batch: Market, deltas, micro: MicroSetup, probs=None) -> Float[Array, " MM"]:
+    """ḡ_M = observed − f(v(θ)), PyBLP's sign convention (``probs`` as in :func:`part_values`)."""
+    return micro.observed - moment_values(part_values(theta, market_batch, deltas, micro, probs), micro)
 
 
 def part_covariances(theta: Theta, market_batch: Market, deltas, micro: MicroSetup) -> Float[Array, "PM PM"]:

@@ -22,7 +22,7 @@ from ._gmm import Concentration, instrument_moments
 from ._implicit import Market, Theta, delta_at_solution, solve_delta
 from ._logit import logit_delta
 from ._markets import Agents, Products
-from ._micro import MicroSetup, micro_moments
+from ._micro import MicroSetup, first_choice_probabilities, micro_moments
 from ._supply import SupplySetup, all_costs, supply_moments
 
 
@@ -149,6 +149,14 @@ class Evaluation(eqx.Module):
     clipped_costs: Int[Array, ""] | None = None
 
 
+def shared_probabilities(theta: Theta, setup: Setup, delta, micro: MicroSetup | None):
+    """First-choice probabilities of every market, computed once when the supply side and the micro
+    moments both use them (one forward and one reverse pass instead of one each); else ``None``."""
+    if setup.supply is None or micro is None or theta.nested:
+        return None
+    return jax.vmap(first_choice_probabilities, in_axes=(0, None, 0))(delta, theta, setup.market)
+
+
 def objective(
     theta: Theta,
     setup: Setup,
@@ -165,14 +173,15 @@ def objective(
     fp = solve_deltas(theta, setup, delta0, config)
     g_delta = instrument_moments(setup.Z, fp.x, setup.mask, setup.N)
     cost_errors = clipped = None
+    probs = shared_probabilities(theta, setup, fp.x, micro)
     if setup.supply is not None:
-        costs = all_costs(fp.x, theta, setup)
+        costs = all_costs(fp.x, theta, setup, None if probs is None else probs[0])
         g_delta = jnp.concatenate([g_delta, supply_moments(costs.transformed, setup)])
         cost_errors, clipped = jnp.sum(costs.nonpositive), jnp.sum(costs.clipped)
     g = conc.C @ g_delta  # residualise first: ḡ'Qḡ_δ would lose the small q to cancellation
     g_micro = None
     if micro is not None:
-        g_micro = micro_moments(theta, setup.market, fp.x, micro)
+        g_micro = micro_moments(theta, setup.market, fp.x, micro, probs)
         g = jnp.concatenate([g, g_micro])
     q = setup.N * g @ conc.W @ g
     return q, Evaluation(fp.x, fp.evaluations, fp.status, g_delta, g_micro, cost_errors, clipped)

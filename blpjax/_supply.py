@@ -127,7 +127,7 @@ def model_shares(delta, theta, market) -> Float[Array, " J"]:
     return shares(delta, market_mu(theta, market), market.weights, market.mask, market.nest_ids, rho)
 
 
-def markups(delta, theta, market, supply: SupplyMarket, ownership=None) -> Float[Array, " J"]:
+def markups(delta, theta, market, supply: SupplyMarket, ownership=None, P=None) -> Float[Array, " J"]:
     """η = Δ⁻¹ s with Δ = −O ⊙ (∂s/∂p)ᵀ (0 on padded products).
 
     Without nesting and with the data's ownership this goes through :func:`_bertrand_markups`
@@ -138,7 +138,8 @@ def markups(delta, theta, market, supply: SupplyMarket, ownership=None) -> Float
     if ownership is None and not theta.nested:
         from ._implicit import market_mu
 
-        P = FactoredMarket.build(market_mu(theta, market), market.weights, mask).probabilities(delta)
+        if P is None:  # ``P``: the choice probabilities at δ, when the caller has them
+            P = FactoredMarket.build(market_mu(theta, market), market.weights, mask).probabilities(delta)
         a = jnp.where(mask[None, :], utility_price_derivatives(theta, market.nodes, market.demographics, supply), 0.0)
         return _bertrand_markups(P, a, market.weights, supply.firms, mask)
     J = delta.shape[0]
@@ -233,10 +234,10 @@ class Costs(eqx.Module):
     nonpositive: Int[Array, ""]  # log costs: how many costs were ≤ 0 (the moments are then NaN)
 
 
-def market_costs(delta, theta, market, supply: SupplyMarket, costs_type: str, bounds) -> Costs:
+def market_costs(delta, theta, market, supply: SupplyMarket, costs_type: str, bounds, P=None) -> Costs:
     """c = p − η, clipped to ``bounds``, and f(c)."""
     mask = market.mask
-    eta = markups(delta, theta, market, supply)
+    eta = markups(delta, theta, market, supply, P=P)
     raw = supply.prices - eta
     lo, hi = bounds
     c = jnp.clip(raw, lo, hi)
@@ -250,11 +251,14 @@ def market_costs(delta, theta, market, supply: SupplyMarket, costs_type: str, bo
     return Costs(jnp.where(mask, eta, 0.0), jnp.where(mask, c, 0.0), transformed, clipped, nonpositive)
 
 
-def all_costs(delta, theta, setup) -> Costs:
-    """:func:`market_costs` vmapped over markets (``setup`` is an :class:`._objective.Setup` with supply)."""
+def all_costs(delta, theta, setup, P=None) -> Costs:
+    """:func:`market_costs` vmapped over markets (``setup`` is an :class:`._objective.Setup` with supply).
+
+    ``P``: the (T, I, J) choice probabilities at δ when the caller has them (shared with the micro moments).
+    """
     sup = setup.supply
-    return jax.vmap(market_costs, in_axes=(0, None, 0, 0, None, None))(
-        delta, theta, setup.market, sup.market, sup.costs_type, sup.costs_bounds
+    return jax.vmap(market_costs, in_axes=(0, None, 0, 0, None, None, 0 if P is not None else None))(
+        delta, theta, setup.market, sup.market, sup.costs_type, sup.costs_bounds, P
     )
 
 

@@ -338,3 +338,30 @@ def test_firm_membership_gives_the_ownership_matrix():
     for t in range(30):
         O = np.asarray(ownership_matrix(jnp.asarray(ids[t]), jnp.asarray(mask[t])))
         np.testing.assert_array_equal(B[t] @ B[t].T, O)
+
+
+def test_shared_probabilities_equal_separate_ones(monkeypatch):
+    """Supply side + micro moments share one set of choice probabilities per evaluation: same q and ∂q/∂θ."""
+    import blpjax._objective as objective_module
+
+    products, agents = _subset(size=10)
+    problem = petrin.blpjax_problem(products, agents)
+    micro, _ = problem.build_micro(petrin.blpjax_micro_moments())
+    config = ContractionConfig(tol=TOL)
+    res = results_at(problem, petrin.SIGMA, petrin.PI, contraction=config, micro_moments=petrin.blpjax_micro_moments())
+    spec, setup = res.spec, problem.setup
+    conc = Concentration.build_host(setup.ZX_all(host=True), res.W)
+    x = jnp.asarray(res.final.theta)
+
+    def value_and_grad():
+        def q(y):
+            return objective_module.objective(spec.unpack(y), setup, conc, res.final.delta, config, micro)[0]
+
+        return jax.value_and_grad(q)(x)
+
+    assert objective_module.shared_probabilities(spec.unpack(x), setup, res.final.delta, micro) is not None
+    shared = value_and_grad()
+    monkeypatch.setattr(objective_module, "shared_probabilities", lambda *args: None)
+    separate = value_and_grad()
+    np.testing.assert_allclose(shared[0], separate[0], rtol=1e-12)
+    np.testing.assert_allclose(shared[1], separate[1], rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(separate[1]))))
