@@ -160,7 +160,8 @@ def _own(X, B):
 
 
 def _bertrand_parts(P, a, w, firms, mask):
-    """Δ (identity on padding), s and η of one market from probabilities P and ∂u/∂p = a (both I×J).
+    """Δ (identity on padding) and s of one market from probabilities P and ∂u/∂p = a (both I×J),
+    with the products w ⊙ P and P ⊙ a they are built from.
 
     ∂s_j/∂p_k = Λ_j 1{j=k} − Γ_jk with Λ = Σ_i w_i P_ij a_ij and Γ_jk = Σ_i w_i P_ij P_ik a_ik, so
     Δ = −O ⊙ (∂s/∂p)ᵀ = O ⊙ Γᵀ − diag(Λ).
@@ -173,7 +174,7 @@ def _bertrand_parts(P, a, w, firms, mask):
     capital_delta = (B @ B.T) * (Pa.T @ wP) - jnp.diag(lam)
     capital_delta = jnp.where(both, capital_delta, jnp.eye(P.shape[1], dtype=P.dtype))
     s = jnp.where(mask, w @ P, 0.0)
-    return capital_delta, s
+    return capital_delta, s, wP, Pa
 
 
 @eqx.filter_custom_jvp
@@ -185,7 +186,7 @@ def _bertrand_markups(P, a, w, firms, mask):
     That is O(J·I·F) per tangent against O(J²·I) for autodiff through Γ, and reverse mode
     transposes it (with Δ's LU factors reused for Δᵀ).
     """
-    capital_delta, s = _bertrand_parts(P, a, w, firms, mask)
+    capital_delta, s, _, _ = _bertrand_parts(P, a, w, firms, mask)
     return jnp.where(mask, jnp.linalg.solve(capital_delta, s), 0.0)
 
 
@@ -193,7 +194,7 @@ def _bertrand_markups(P, a, w, firms, mask):
 def _bertrand_markups_jvp(primals, tangents):
     P, a, w, firms, mask = primals
     dP, da, dw = (jnp.zeros_like(x) if t is None else t for x, t in zip((P, a, w), tangents[:3], strict=True))
-    capital_delta, s = _bertrand_parts(P, a, w, firms, mask)
+    capital_delta, s, wP, Pa = _bertrand_parts(P, a, w, firms, mask)
     # Δ is not symmetric: the transpose solve reuses the LU factors (trans=1); the matvec uses the
     # undetached Δ, so that higher derivatives (the Hessian) differentiate through both solves
     lu = jax.scipy.linalg.lu_factor(jax.lax.stop_gradient(capital_delta))
@@ -208,7 +209,6 @@ def _bertrand_markups_jvp(primals, tangents):
 
     eta = jnp.where(mask, solve(s), 0.0)
     B = firms.astype(P.dtype)
-    wP, Pa = w[:, None] * P, P * a
     d_wP = dw[:, None] * P + w[:, None] * dP
     d_Pa = dP * a + P * da
     d_wPa = dw[:, None] * Pa + w[:, None] * d_Pa

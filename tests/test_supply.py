@@ -275,7 +275,7 @@ def test_markup_jvp_rule_matches_dense_autodiff(firms_per_market):
     w = jnp.asarray(rng.uniform(0.5, 1.5, size=I) / I)
 
     def dense(P, a, w):
-        capital_delta, s = _bertrand_parts(P, a, w, firms, mask)
+        capital_delta, s, _, _ = _bertrand_parts(P, a, w, firms, mask)
         return jnp.where(mask, jnp.linalg.solve(capital_delta, s), 0.0)
 
     def rule(P, a, w):
