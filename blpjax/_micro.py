@@ -100,10 +100,15 @@ def first_choice_probabilities(delta: Float[Array, " J"], theta: Theta, market: 
     The objective computes them once per market and hands them to the supply side and the micro
     moments, so that one evaluation has one forward pass and one reverse pass through them.
     """
-    mask = market.mask
+    return _first_choices(delta, theta, market)[3:]
+
+
+def _first_choices(delta, theta: Theta, market: Market):
+    """μ, log P (I×J), log-sum-exp (I,), P (0 on padding) and P0 of one market."""
+    mu_ = market_mu(theta, market)
     rho = theta.rho if theta.nested else None
-    log_p, lse = choice(delta, market_mu(theta, market), mask, market.nest_ids, rho)
-    return _exp_masked(log_p, mask[None, :]), jnp.exp(-lse)
+    log_p, lse = choice(delta, mu_, market.mask, market.nest_ids, rho)
+    return mu_, log_p, lse, _exp_masked(log_p, market.mask[None, :]), jnp.exp(-lse)
 
 
 def choice_probabilities(
@@ -120,11 +125,8 @@ def choice_probabilities(
     probability of first choice j then second choice k, s_ik(−j) − s_ik (0 when k = j).
     """
     mask = market.mask
-    mu_ = market_mu(theta, market)
     rho = theta.rho if theta.nested else None
-    log_p, lse = choice(delta, mu_, mask, market.nest_ids, rho)
-    P = _exp_masked(log_p, mask[None, :])  # (I, J)
-    P0 = jnp.exp(-lse)  # (I,)
+    mu_, log_p, lse, P, P0 = _first_choices(delta, theta, market)  # P (I, J), P0 (I,)
     Pf = jnp.concatenate([P0[:, None], P], axis=1)  # (I, 1+J), outside first
     if not second:
         return Pf if outside_first else P
