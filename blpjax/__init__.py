@@ -11,6 +11,8 @@ from ._allocator import relaunch_with_tuned_allocator as relaunch_with_tuned_all
 from ._config import enable_compilation_cache as enable_compilation_cache
 from ._contraction import ContractionConfig as ContractionConfig
 from ._errors import BLPDataError as BLPDataError
+from ._errors import BLPDataWarning as BLPDataWarning
+from ._errors import BLPEstimationError as BLPEstimationError
 from ._errors import BLPSpecificationError as BLPSpecificationError
 from ._errors import Status as Status
 from ._implicit import Market as Market
@@ -39,6 +41,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Agents",
     "BLPDataError",
+    "BLPDataWarning",
+    "BLPEstimationError",
     "BLPSpecificationError",
     "ContractionConfig",
     "Integration",

@@ -12,13 +12,14 @@ product_data columns (PyBLP conventions): ``market_ids`` and ``shares`` (require
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ._errors import BLPDataError, BLPSpecificationError
+from ._errors import BLPDataError, BLPDataWarning, BLPSpecificationError
 from ._integration import Integration
 from ._markets import Agents, Products
 
@@ -150,6 +151,13 @@ def build_products(
     if bad.any():
         raise BLPDataError(
             f"shares must be positive: {bad.sum()} share(s) ≤ 0, in market(s) {pd.unique(markets[bad]).tolist()[:5]}."
+        )
+    tiny = shares < np.finfo(np.float64).tiny
+    if tiny.any():
+        raise BLPDataError(
+            f"shares below {np.finfo(np.float64).tiny:.3g} (subnormal floating-point numbers) in market(s) "
+            f"{pd.unique(markets[tiny]).tolist()[:5]}: their logarithms lose precision and the share inversion "
+            "cannot match them. Check how these shares were computed (market size), or drop the products."
         )
     totals = pd.Series(shares).groupby(markets, sort=False).sum()
     if (totals >= 1).any():
@@ -352,11 +360,62 @@ def build_agents(
             nodes[rows] = n
             if "weights" not in df.columns:
                 weights[rows] = w
+    check_agent_weights(weights, t_codes, index.market_ids)
     return Agents(
         jnp.asarray(_pad(weights, t_codes, i_index, T, I)),
         jnp.asarray(_pad(nodes, t_codes, i_index, T, I)),
         jnp.asarray(_pad(demo, t_codes, i_index, T, I)),
     )
+
+
+WEIGHTS_TOL = 1e-10
+"""Agent weights whose sum in a market differs from one by more than this get a warning (PyBLP's
+``options.weights_tol``)."""
+
+
+def check_agent_weights(weights: np.ndarray, t_codes: np.ndarray, market_ids: np.ndarray) -> None:
+    """Integration weights: finite, a positive sum in every market, non-negative unless they sum to one.
+
+    Negative weights are meaningful only for quadrature rules (sparse grids), whose weights sum to one
+    in each market; anywhere else they are a data error. Sums that differ from one are allowed (e.g.
+    importance sampling) with a warning, as PyBLP does.
+
+    Raises:
+        BLPDataError: non-finite weights, a market whose weights sum to ≤ 0, or negative weights in a
+            market whose weights do not sum to one.
+    """
+    bad = ~np.isfinite(weights)
+    if bad.any():
+        raise BLPDataError(
+            f"agent_data column 'weights' has {bad.sum()} NaN/inf value(s), in market(s) "
+            f"{pd.unique(market_ids[t_codes[bad]]).tolist()[:5]}."
+        )
+    T = len(market_ids)
+    totals = np.bincount(t_codes, weights=weights, minlength=T)
+    nonpositive = totals <= 0
+    if nonpositive.any():
+        raise BLPDataError(
+            f"agent_data column 'weights' sums to {totals[nonpositive][0]:.6g} (≤ 0) in market(s) "
+            f"{market_ids[nonpositive].tolist()[:5]}: every market needs integration weights with a positive sum "
+            "(usually 1/I for I agents)."
+        )
+    off = np.abs(totals - 1.0) > WEIGHTS_TOL
+    negative = np.bincount(t_codes, weights=(weights < 0).astype(float), minlength=T) > 0
+    if (negative & off).any():
+        raise BLPDataError(
+            f"agent_data column 'weights' has negative weights in market(s) {market_ids[negative & off].tolist()[:5]}, "
+            "where the weights do not sum to one. Negative weights only make sense for quadrature rules such as "
+            "sparse grids, whose weights sum to one in each market; check the weights column."
+        )
+    if off.any():
+        where = "all markets" if off.all() else market_ids[off].tolist()[:5]
+        warnings.warn(
+            f"agent_data weights sum to a value that differs from 1 by more than {WEIGHTS_TOL:g} in {where} "
+            f"(e.g. {totals[off][0]:.10g}). This is fine for importance sampling; otherwise it is a data problem "
+            "(shares are integrals with these weights).",
+            BLPDataWarning,
+            stacklevel=4,
+        )
 
 
 def build_supply_arrays(

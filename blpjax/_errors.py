@@ -13,6 +13,23 @@ class BLPSpecificationError(ValueError):
     """An inconsistent model specification (instruments, parameters, integration)."""
 
 
+class BLPDataWarning(UserWarning):
+    """Data that are allowed but unusual (e.g. integration weights that do not sum to one)."""
+
+
+class BLPEstimationError(RuntimeError):
+    """An estimation that did not converge, raised by ``Problem.solve(throw=True)`` (the default).
+
+    The message says why (optimiser, failed markets, non-finite objective, gradient, moments or
+    statistics); ``results`` holds the flagged :class:`~blpjax.Results` (``solve(throw=False)``
+    returns them instead of raising).
+    """
+
+    def __init__(self, message: str, results=None):
+        super().__init__(message)
+        self.results = results
+
+
 class Status(enum.IntEnum):
     """Result codes of a share inversion, per market (reported, never silently turned into NaN)."""
 

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from ._errors import BLPSpecificationError
+
 SE_TYPES = ("robust", "unadjusted", "clustered")
 
 
@@ -26,6 +28,35 @@ def symmetric_inverse_host(A) -> np.ndarray:
     """:func:`symmetric_inverse` in NumPy (host-side set-up)."""
     inv = np.linalg.inv(np.asarray(A, np.float64))
     return (inv + inv.T) / 2
+
+
+def check_weighting_matrix(W, size: int, what: str = "W") -> np.ndarray:
+    """A user weighting matrix as float64, checked before any numerics: shape, finite, symmetric, positive definite.
+
+    Raises:
+        BLPSpecificationError: naming what is wrong and how to fix it.
+    """
+    W = np.asarray(W, dtype=np.float64)
+    if W.shape != (size, size):
+        raise BLPSpecificationError(
+            f"{what} must be {size}×{size} (one row per instrument, then one per micro moment), not {W.shape}."
+        )
+    if not np.all(np.isfinite(W)):
+        raise BLPSpecificationError(f"{what} has {int(np.sum(~np.isfinite(W)))} NaN or infinite entries.")
+    scale = max(float(np.max(np.abs(W))), 1e-300)
+    asym = float(np.max(np.abs(W - W.T)))
+    if asym > 1e-8 * scale:
+        raise BLPSpecificationError(
+            f"{what} is not symmetric (max |W − Wᵀ| = {asym:.3g}); a GMM weighting matrix must be symmetric: "
+            "pass (W + W.T) / 2 if the asymmetry is rounding."
+        )
+    smallest = float(np.linalg.eigvalsh((W + W.T) / 2)[0])
+    if smallest <= 0:
+        raise BLPSpecificationError(
+            f"{what} is not positive definite (smallest eigenvalue {smallest:.3g}): the GMM objective N ḡ'Wḡ would "
+            "not be bounded below. Use the inverse of a moment covariance matrix (e.g. results.updated_W)."
+        )
+    return W
 
 
 class Concentration(eqx.Module):

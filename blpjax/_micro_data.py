@@ -286,6 +286,12 @@ def build_micro(
         w = _evaluate(d.weights, sub, f"weights of micro dataset '{d.name}'")
         if np.any(w < 0):
             raise BLPSpecificationError(f"weights of micro dataset '{d.name}' must be non-negative.")
+        if not np.any(w > 0):
+            raise BLPSpecificationError(
+                f"weights of micro dataset '{d.name}' are zero in every market it covers: the survey would observe "
+                "no choice, and its parts (Σ ω v / Σ ω) would be 0/0. Check the weights function (which choices "
+                "the survey records) and the dataset's market_ids."
+            )
         own = [p for p in parts if p.dataset is d]
         vals = np.stack([_evaluate(p.values, sub, f"values of micro part '{p.name}'", w.shape[1:]) for p in own])
         J = views.J

@@ -43,7 +43,7 @@ from ._config import check_x64, jit
 from ._contraction import ContractionConfig
 from ._errors import BLPSpecificationError
 from ._estimate import _post_step, _value, _value_and_grad
-from ._gmm import SE_TYPES, Concentration, symmetric_inverse
+from ._gmm import SE_TYPES, Concentration, check_weighting_matrix, symmetric_inverse
 from ._micro import MicroSetup
 from ._objective import Setup
 from ._optimize import OptaxOptimizer, OptimizeResult, _projected_gradient_norm
@@ -190,12 +190,15 @@ def stack_problems(
         W = jax.vmap(lambda z: symmetric_inverse(z.T @ z / setup.N))(Z)
         initial_update = stacked_micro is not None
     else:
-        W = jnp.asarray(W, jnp.float64)
-        if W.shape[-2:] != (M + MM, M + MM):
+        W = np.asarray(W, np.float64)
+        Ws = W.reshape((-1,) + W.shape[-2:]) if W.ndim == 3 else W[None]
+        if W.ndim == 3 and W.shape[0] != R:
             raise BLPSpecificationError(
-                f"W must be {M + MM}×{M + MM} (one row per instrument, then one per micro moment)."
+                f"W has {W.shape[0]} matrices for {R} replications: give one or one per replication."
             )
-        W = jnp.broadcast_to(W, (R, M + MM, M + MM))
+        for r, Wr in enumerate(Ws):
+            check_weighting_matrix(Wr, M + MM, "W" if len(Ws) == 1 else f"W[{r}]")
+        W = jnp.broadcast_to(jnp.asarray(W), (R, M + MM, M + MM))
     if delta0 is None:
         delta0 = jnp.stack([p.logit_delta() for p in problems])
     n_clusters = {p.products.n_clusters for p in problems}
@@ -776,6 +779,7 @@ def results_at_truth(problem: Problem, sigma=None, pi=None, **solve_options):
     global _NO_STEP
     if _NO_STEP is None:
         _NO_STEP = OptaxOptimizer(optax.set_to_zero(), max_steps=0)
+    solve_options.setdefault("throw", False)
     return problem.solve(sigma, pi, method="1s", optimizer=_NO_STEP, **solve_options)
 
 

@@ -62,27 +62,31 @@ class OptimizeResult(eqx.Module):
 
 
 def _projected_gradient_norm(x, g, lower, upper):
+    """The largest absolute gradient entry, ignoring entries at a bound that point outwards (NumPy or JAX)."""
+    xp = np if all(isinstance(a, np.ndarray | float) for a in (x, g, lower, upper)) else jnp
     at_lower = (x <= lower) & (g > 0)
     at_upper = (x >= upper) & (g < 0)
-    return jnp.max(jnp.where(at_lower | at_upper, 0.0, jnp.abs(g)), initial=0.0)
+    return xp.max(xp.where(at_lower | at_upper, 0.0, xp.abs(g)), initial=0.0)
 
 
 def scipy_minimize(
     value_and_grad: Callable, x0: np.ndarray, delta0, lower: np.ndarray, upper: np.ndarray, opt: ScipyOptimizer
 ) -> OptimizeResult:
     """Drive SciPy with a jitted ``value_and_grad(x, δ₀) -> (q, grad, Evaluation)``."""
-    state = {"delta": delta0, "n": 0, "t0": time.perf_counter(), "best": np.inf}
+    state = {"delta": delta0, "n": 0, "t0": time.perf_counter(), "best": np.inf, "finite": 0, "failed": set()}
 
     def fun(x):
         q, g, ev = value_and_grad(jnp.asarray(x), state["delta"])
         q, g = float(q), np.asarray(g, dtype=np.float64)
         state["n"] += 1
         if np.isfinite(q) and np.all(np.isfinite(g)):
+            state["finite"] += 1
             if np.all(np.asarray(ev.status) == 0):
                 state["delta"] = ev.delta  # warm start the next evaluation
             state["best"] = min(state["best"], q)
             return q, g
         # PyBLP-style reversion: a failed inversion must never look like an improvement
+        state["failed"].add(np.asarray(x, np.float64).tobytes())
         return (1e10 if not np.isfinite(state["best"]) else 10 * state["best"] + 1e6), np.zeros_like(g)
 
     def callback(*args):
@@ -112,9 +116,21 @@ def scipy_minimize(
         res = scipy.optimize.minimize(
             fun, x0, jac=True, method="trust-constr", bounds=sb, options=options, callback=callback
         )
-    return OptimizeResult(
-        np.asarray(res.x), state["delta"], bool(res.success), int(getattr(res, "nit", 0)), state["n"], str(res.message)
-    )
+    success, message = bool(res.success), str(res.message)
+    if state["finite"] == 0:
+        # a failed inversion is reported to SciPy as a high value with a zero gradient (never as an
+        # improvement), which SciPy would take for a stationary point: not a success
+        success, message = False, "every objective evaluation was non-finite (NaN or inf); SciPy stopped at the start"
+    elif not success and hasattr(res, "jac"):
+        # "precision loss" and similar line-search failures at a point that meets the gradient criterion
+        pg = float(_projected_gradient_norm(np.asarray(res.x), np.asarray(res.jac), lower, upper))
+        failed = np.asarray(res.x, np.float64).tobytes() in state["failed"]
+        if not failed and np.isfinite(res.fun) and pg <= opt.gtol:
+            success = True
+            message = (
+                f"{message} (accepted: the projected gradient's largest entry {pg:.3g} is within gtol {opt.gtol:g})"
+            )
+    return OptimizeResult(np.asarray(res.x), state["delta"], success, int(getattr(res, "nit", 0)), state["n"], message)
 
 
 def optax_minimize(value_and_grad: Callable, value: Callable, x0, delta0, lower, upper, opt: OptaxOptimizer):

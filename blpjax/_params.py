@@ -33,7 +33,7 @@ class ParameterSpec:
     n_nests: int = 0
 
     def _key(self):
-        """What compiled programs depend on: structure and fixed values, not starting values."""
+        """What compiled programs depend on: structure, fixed values and bounds, not starting values."""
         sigma, pi, rho = self.sigma0.copy(), self.pi0.copy(), self.rho0.copy()
         for r, c in self.sigma_free:
             sigma[r, c] = 0
@@ -50,6 +50,10 @@ class ParameterSpec:
             sigma.tobytes(),
             pi.tobytes(),
             rho.tobytes(),
+            # bounds are read inside compiled optimiser loops (optax, Monte Carlo): a program compiled for
+            # other bounds must never be reused
+            self.lower.tobytes(),
+            self.upper.tobytes(),
         )
 
     def __hash__(self):

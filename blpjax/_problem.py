@@ -15,9 +15,9 @@ import scipy.linalg
 from ._config import check_x64
 from ._contraction import ContractionConfig
 from ._data import build_agents, build_products, build_supply_arrays
-from ._errors import BLPSpecificationError
+from ._errors import BLPEstimationError, BLPSpecificationError
 from ._estimate import estimate
-from ._gmm import symmetric_inverse_host
+from ._gmm import check_weighting_matrix, symmetric_inverse_host
 from ._integration import Integration
 from ._logit import logit_delta
 from ._micro_data import MicroMoment, build_micro, market_views
@@ -188,6 +188,7 @@ class Problem:
         delta=None,
         micro_moments: Sequence[MicroMoment] | None = None,
         costs_bounds: tuple[float | None, float | None] | None = None,
+        throw: bool = True,
     ) -> Results:
         """Estimate by one-step (``"1s"``) or two-step (``"2s"``) GMM.
 
@@ -205,9 +206,14 @@ class Problem:
                 initial update at the starting values sets W (as PyBLP).
             costs_bounds: ``(lower, upper)`` to clip marginal costs to (e.g. ``(1e-3, None)`` with log
                 costs); clipped counts are reported.
+            throw: raise :class:`BLPEstimationError` when the estimate is not converged (the default);
+                ``False`` returns the results with ``converged`` False and the reasons in ``message``.
 
         Raises:
             BLPSpecificationError: inconsistent parameters, too few moments, bad options.
+            BLPEstimationError: with ``throw=True``, when the optimiser failed, a share inversion failed, or
+                the objective, gradient, moments, estimates or standard errors are not finite (the error
+                says which, and carries the flagged results as ``error.results``).
         """
         check_x64()
         if method not in ("1s", "2s"):
@@ -240,11 +246,7 @@ class Problem:
         if W is None:
             W = None if micro is not None else W_2sls
         else:
-            W = np.asarray(W, dtype=np.float64)
-            if W.shape != (M + MM, M + MM):
-                raise BLPSpecificationError(
-                    f"W must be {M + MM}×{M + MM} (one row per instrument, then one per micro moment)."
-                )
+            W = check_weighting_matrix(W, M + MM)
         delta0 = self.logit_delta() if delta is None else np.asarray(delta, np.float64)
         if delta0.ndim == 1:  # flat, in product_data's row order
             delta0 = self.index.padded(delta0)
@@ -264,4 +266,11 @@ class Problem:
             micro=micro,
             initial_W=W_2sls,
         )
-        return Results(self, spec, steps, contraction or ContractionConfig(), micro, micro_labels, setup)
+        results = Results(self, spec, steps, contraction or ContractionConfig(), micro, micro_labels, setup)
+        if throw and not results.converged:
+            raise BLPEstimationError(
+                f"the estimation did not converge: {results.message}. Pass throw=False to get the flagged results "
+                "(results.converged is False and results.message says why).",
+                results,
+            )
+        return results

@@ -42,6 +42,51 @@ def _vmapped_cf(fn, x_new, x, delta, theta, market, ch):
 _consumer_surplus = jit(once=True, inline=True)(jax.vmap(consumer_surplus, in_axes=(0, 0, None, 0, None)))
 
 
+def _nonfinite(values, labels, limit: int = 5) -> str:
+    values = np.asarray(values, np.float64).ravel()
+    bad = [labels[k] if k < len(labels) else str(k) for k in np.flatnonzero(~np.isfinite(values))]
+    more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+    return ", ".join(map(str, bad[:limit])) + more
+
+
+def diagnose(step: StepResult, moment_labels, parameter_labels, market_ids) -> tuple[str, ...]:
+    """Everything wrong with a GMM step's estimate, in words (empty when it converged).
+
+    Checked in order of cause: failed share inversions (which markets, why), nonpositive marginal
+    costs, a non-finite objective, gradient or moments (which), the optimiser's own report, and
+    non-finite estimates or standard errors.
+    """
+    reasons = []
+    status = np.asarray(step.status)
+    failed = np.flatnonzero(status != 0)
+    if failed.size:
+        why = sorted({Status(int(s)).explain() for s in status[failed]})
+        reasons.append(
+            f"the share inversion failed in {failed.size} market(s) {market_ids[failed][:5].tolist()}: "
+            + " / ".join(why)
+        )
+    if step.cost_errors is not None and int(step.cost_errors):
+        reasons.append(
+            f"{int(step.cost_errors)} marginal cost(s) p − η ≤ 0 under log costs (see contraction_summary['costs_message'])"
+        )
+    if not np.isfinite(float(step.objective)):
+        reasons.append(f"the objective is {float(step.objective)} at the estimate")
+    moments = np.asarray(step.moments)
+    if not np.all(np.isfinite(moments)):
+        reasons.append(f"non-finite moments: {_nonfinite(moments, moment_labels)}")
+    gradient = np.asarray(step.gradient)
+    if not np.all(np.isfinite(gradient)):
+        reasons.append(f"non-finite gradient entries: {_nonfinite(gradient, parameter_labels)}")
+    if not step.optimizer_success:
+        reasons.append(f"the optimiser did not report convergence: {step.optimizer_message}")
+    estimates = np.r_[np.asarray(step.theta), np.asarray(step.beta), np.zeros(0) if step.gamma is None else step.gamma]
+    if not np.all(np.isfinite(estimates)):
+        reasons.append(f"non-finite estimates: {_nonfinite(estimates, parameter_labels)}")
+    elif not np.all(np.isfinite(np.asarray(step.se))):
+        reasons.append(f"non-finite standard errors: {_nonfinite(step.se, parameter_labels)}")
+    return tuple(reasons)
+
+
 class Results:
     """What :meth:`Problem.solve` returns: estimates, inference and post-estimation.
 
@@ -237,10 +282,28 @@ class Results:
 
     @property
     def converged(self) -> bool:
-        """Every market's share inversion converged, every log marginal cost was defined, and the optimiser
-        reported success."""
-        costs_ok = self.final.cost_errors is None or int(self.final.cost_errors) == 0
-        return bool(np.all(np.asarray(self.final.status) == 0)) and self.final.optimizer_success and costs_ok
+        """True when nothing is wrong: the optimiser reported success, every market's share inversion
+        converged, every log marginal cost was defined, and the objective, gradient, moments, estimates and
+        standard errors are finite. :attr:`reasons` says what is wrong otherwise."""
+        return not self.reasons
+
+    @property
+    def message(self) -> str:
+        """``"converged"``, or every reason the estimate is not trustworthy."""
+        return "converged" if self.converged else "; ".join(self.reasons)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Why the final step is not a converged estimate (empty when it is), most basic first."""
+        return diagnose(self.final, self._moment_labels(), list(self.labels), self.problem.index.market_ids)
+
+    def _moment_labels(self) -> list[str]:
+        names = [f"E[xi × {n}]" for n in self.problem.index.z_names] + (
+            [f"E[omega × {n}]" for n in self.problem.zs_names] if self.problem.supply else []
+        )
+        if self.micro is not None:
+            names += list(self.micro_labels.moments)
+        return names
 
     @property
     def contraction_summary(self) -> dict:
@@ -265,7 +328,7 @@ class Results:
         lines = [
             f"blpjax results: {len(self.steps)}-step GMM, N={self.problem.N}, T={self.problem.T}",
             f"objective {self.objective:.10g}  |  optimizer: {f.optimizer_message} ({f.optimizer_iterations} iterations, "
-            f"{f.objective_evaluations} evaluations)  |  converged: {self.converged}",
+            f"{f.objective_evaluations} evaluations)  |  {self.message}",
         ]
         if self.spec.P:
             lines.append(

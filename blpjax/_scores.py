@@ -636,6 +636,7 @@ def results_at(problem: Problem, sigma=None, pi=None, rho=None, **solve_options)
     whose loop never updates θ: δ, β, the moments and their statistics are evaluated at ``sigma``, ``pi``, ``rho``
     (clipped to their bounds). ``results.converged`` is False (no optimality was checked).
     """
+    solve_options.setdefault("throw", False)
     return problem.solve(
         sigma, pi, rho, method="1s", optimizer=OptaxOptimizer(optax.set_to_zero(), max_steps=0), **solve_options
     )
