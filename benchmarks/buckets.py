@@ -1,8 +1,8 @@
-"""Markets of different sizes: padded to the largest vs bucketed by size class (blpjax._buckets).
+"""Markets of different sizes: padded to the largest vs bucketed by size class (``blpjax.internal.Bucketed``).
 
 For each problem, times one objective-and-gradient evaluation (the unit an optimiser calls) of
-the padded program (``blpjax._estimate._value_and_grad``) and of the bucketed program
-(``blpjax._buckets.bucketed_value_and_grad``) with 1..4 buckets, from the same θ and cold δ₀,
+the padded program (``Engine.value_and_grad`` on ``Padded()``) and of the bucketed program
+(the same engine on ``Bucketed.from_plan(plan)``) with 1..4 buckets, from the same θ and cold δ₀,
 and checks that they agree. Reports padded vs bucketed vs real elements (agent × product × market
 entries of the I×J share arrays, and J×J entries of the implicit-derivative systems) and the
 "market contraction evaluations executed": a vmapped contraction loop runs every market of a
@@ -35,11 +35,8 @@ import numpy as np
 import pandas as pd
 
 import blpjax
-from blpjax._buckets import bucket_setup, bucketed_value_and_grad, market_sizes, plan_buckets
-from blpjax._contraction import ContractionConfig
-from blpjax._estimate import _value_and_grad
-from blpjax._gmm import Concentration, symmetric_inverse
-from blpjax._params import build_parameters
+from blpjax import ContractionConfig
+from blpjax.internal import Bucketed, Concentration, Engine, Padded, market_sizes, plan_buckets, symmetric_inverse
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -51,9 +48,7 @@ def blp_problem():
     case = blp_case()
     problem = case.blpjax_problem()
     kw = case.blpjax_solve
-    spec = build_parameters(
-        problem.nonlinear, problem.demographics, 0, kw["sigma"], kw["pi"], sigma_bounds=kw["sigma_bounds"]
-    )
+    spec = problem.parameter_spec(kw["sigma"], kw["pi"], sigma_bounds=kw["sigma_bounds"])
     return problem, spec
 
 
@@ -74,7 +69,7 @@ def skewed_problem(seed: int = 0):
         agent_data=pd.concat(agents, ignore_index=True),
         demographics=("income",),
     )
-    spec = build_parameters(problem.nonlinear, problem.demographics, 0, np.diag([0.8, 0.2]), [[0.0], [0.3]])
+    spec = problem.parameter_spec(np.diag([0.8, 0.2]), [[0.0], [0.3]])
     return problem, spec
 
 
@@ -109,14 +104,14 @@ def run_problem(name, problem, spec, repeats, max_buckets):
     conc = Concentration.build(setup.ZX, symmetric_inverse(Z.T @ Z / setup.N), setup.N)
     config, x, d0 = ContractionConfig(), jnp.asarray(spec.x0), problem.logit_delta()
     J_t, I_t = market_sizes(setup.mask, setup.market.weights)
-    padded = lambda: _value_and_grad(spec, config, x, d0, conc, setup)  # noqa: E731
+    padded_engine = Engine.build(Padded(), spec, config, setup, problem.products)
+    padded = lambda: padded_engine.value_and_grad(x, d0, conc)[:3]  # noqa: E731
     (q, g, ev), first = timed(padded)
-    vg = jax.jit(bucketed_value_and_grad, static_argnums=(0, 1, 6))
     fns, plans, firsts, outs = {"padded": padded}, {}, {}, {}
     for k in range(1, max_buckets + 1):
         plan = plan_buckets(J_t, I_t, max_buckets=k, tol=0.0)
-        bsetup = bucket_setup(setup, plan)
-        fns[k] = lambda bsetup=bsetup: vg(spec.unpack, config, x, d0, conc, bsetup, None)
+        engine = Engine.build(Bucketed.from_plan(plan), spec, config, setup, problem.products)
+        fns[k] = lambda engine=engine: engine.value_and_grad(x, d0, conc)[:3]
         plans[k] = plan
         outs[k], firsts[k] = timed(fns[k])
     runs = round_robin(fns, repeats)

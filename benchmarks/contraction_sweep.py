@@ -75,8 +75,7 @@ def child(T: int, J: int, I: int, repeats: int, seed: int) -> dict:
 
     import blpjax
     from blpjax import ContractionConfig, Market, Theta, solve_delta
-    from blpjax._implicit import contraction_map
-    from blpjax._shares import mu, shares
+    from blpjax.internal import contraction_map, mu, shares
 
     baseline_rss = _peak_rss_bytes()  # Python, JAX and XLA before any data
     K2, D = 3, 1

@@ -6,10 +6,11 @@ resident set size (RSS), then evaluates the objective and its gradient once cold
 included) and once more, and reports the peak RSS (``getrusage`` high-water mark) and times.
 
 Modes:
-- ``vmap``: ``blpjax._estimate._value_and_grad`` as estimation runs it today (one vmap over all
-  markets, reverse-mode autodiff through the implicit δ(θ)): memory grows with T·I·J.
-- ``chunked``: ``blpjax._chunking.chunked_value_and_grad`` with ``--batch-size`` markets per chunk
-  (forward pass in chunks, then the two-pass gradient): memory is the data plus O(batch·I·J).
+- ``vmap``: the engine's value and gradient on the padded layout, as estimation runs it by default
+  (one vmap over all markets, one reverse pass through the pieces at the solved δ): memory grows
+  with T·I·J.
+- ``chunked``: the same engine with ``market_batch_size=--batch-size`` (forward pass in chunks, then
+  the two-pass gradient): memory is the data plus O(batch·I·J).
 
     python benchmarks/memory.py                    # the default study, writes results/memory.json
     python benchmarks/memory.py --big-only         # only the ~1e8-element chunked run
@@ -52,12 +53,8 @@ def child(args) -> dict:
     from buckets import timed  # benchmarks/ is on sys.path: this script's directory
 
     import blpjax
-    from blpjax._chunking import chunked_value_and_grad
-    from blpjax._contraction import ContractionConfig
-    from blpjax._estimate import _value_and_grad
-    from blpjax._gmm import Concentration, symmetric_inverse
-    from blpjax._optimize import ScipyOptimizer, scipy_minimize
-    from blpjax._params import build_parameters
+    from blpjax import ContractionConfig, ScipyOptimizer
+    from blpjax.internal import Concentration, Engine, Padded, scipy_minimize, symmetric_inverse
 
     T, J, I = args.T, args.J, args.I
     products, agents = [], []
@@ -78,7 +75,7 @@ def child(args) -> dict:
         demographics=("income",),
     )
     del products, agents
-    spec = build_parameters(problem.nonlinear, problem.demographics, 0, np.diag([0.8, 0.24]), [[0.0], [0.32]])
+    spec = problem.parameter_spec(np.diag([0.8, 0.24]), [[0.0], [0.32]])
     setup = problem.setup
     M = setup.Z.shape[-1]
     Z = setup.Z.reshape(-1, M)
@@ -94,15 +91,11 @@ def child(args) -> dict:
         "data_rss_gib": rss_gib(),
         "data_peak_gib": peak_gib(),
     }
-    if args.mode == "vmap":
+    layout = Padded() if args.mode == "vmap" else Padded(batch=args.batch_size)
+    engine = Engine.build(layout, spec, config, setup, problem.products)
 
-        def vg(y, d):
-            return _value_and_grad(spec, config, y, d, conc, setup)
-    else:
-        program = jax.jit(chunked_value_and_grad, static_argnums=(0, 1, 6))
-
-        def vg(y, d):
-            return program(spec.unpack, config, y, d, conc, setup, args.batch_size)
+    def vg(y, d):
+        return engine.value_and_grad(y, d, conc)[:3]
 
     (q, g, ev), out["first_s"] = timed(lambda: vg(x, d0))  # compilation included
     (q, g, ev), out["run_s"] = timed(lambda: vg(x, d0))

@@ -14,10 +14,10 @@ SciPy's L-BFGS-B, ``gtol=1e-8, ftol=0``; blpjax: optax L-BFGS in the jitted loop
 
 * PyBLP 1.3.0, one BLAS thread, ``Problem.solve`` replication by replication (building each PyBLP
   ``Problem`` is timed apart as ``pyblp_setup_s``);
-* blpjax: :func:`blpjax._montecarlo.estimate_replications` on the stacked replications, one jitted
+* blpjax: :func:`blpjax.internal.estimate_replications` on the stacked replications, one jitted
   program. Its first call compiles (``blpjax_first_s``); ``blpjax_s`` is the minimum of
   ``--repeats`` further calls, each ended by ``jax.block_until_ready``. By default (see
-  ``blpjax._montecarlo.default_batch_size``) the program vmaps every replication at once on an
+  ``blpjax.internal.default_batch_size``) the program vmaps every replication at once on an
   accelerator and runs them one at a time (``lax.map``) on CPU; on CPU the script also times the
   all-at-once vmap (``blpjax_vmap_all_s``) for comparison.
 
@@ -130,7 +130,7 @@ def split_agreement(max_diff, objective_blpjax, objective_pyblp, tol=1e-6) -> di
 def time_blpjax(spec, stacked, steps, batch_size, repeats):
     import jax
 
-    from blpjax._montecarlo import estimate_replications
+    from blpjax.internal import estimate_replications
 
     def run():
         return jax.block_until_ready(estimate_replications(spec, stacked, steps=steps, batch_size=batch_size))
@@ -162,8 +162,7 @@ def main(argv=None) -> int:
     import pyblp
 
     import blpjax
-    from blpjax._montecarlo import SIMULATED_SPECIFICATION, default_batch_size, simulate_replications, stack_problems
-    from blpjax._params import build_parameters
+    from blpjax.internal import SIMULATED_SPECIFICATION, default_batch_size, simulate_replications, stack_problems
 
     R = args.replications
     config = blpjax.SimulationConfig(markets=args.markets, products=(args.products, args.products), agents=args.agents)
@@ -180,7 +179,7 @@ def main(argv=None) -> int:
     simulate_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     problems = [blpjax.Problem(p, agent_data=a, **SIMULATED_SPECIFICATION) for p, a in data]
-    spec = build_parameters(("1", "prices"), ("income",), 0, sigma, pi, sigma_bounds=bounds)
+    spec = problems[0].parameter_spec(sigma, pi, sigma_bounds=bounds)
     stacked = jax.block_until_ready(stack_problems(problems, spec))
     blpjax_setup_s = time.perf_counter() - t0
     labels = list(spec.labels) + [f"beta[{n}]" for n in SIMULATED_SPECIFICATION["linear"]]

@@ -39,7 +39,7 @@ With ``--check-pyblp`` the objective of the just-identified Exercise 2.5 (≈ 0)
 Exercise 3 (micro moments; see :data:`EX3_INCOME` and following): ``ex3.income``, ``ex3.full``, ``ex3.size`` and
 ``ex3.rcnl`` as their specifications say; ``ex3.optimal``: the optimal micro moments supplemental
 (:data:`EX3_OPTIMAL`): ``score_1_income`` is the mean score for π on 1 × log income of 100 buyers simulated once
-(blpjax, :func:`ex3_simulated_survey`) and scored by each library at its own Exercise 3.2 estimate with the same
+(PyBLP's ``simulate_micro_data(..., seed=0)`` at PyBLP's Exercise 3.2 fit, as the course; :func:`ex3_simulated_survey`) and scored by each library at its own Exercise 3.2 estimate with the same
 1,000 draws per respondent and per agent (:func:`ex3_score_rows`); ``sigma_1`` (with π_1 and standard errors) is
 re-estimated with that moment in place of the income moment.
 """
@@ -450,22 +450,76 @@ def ex3_score_rows(observations: pd.DataFrame, draws: int = EX3_OPTIMAL["draws"]
 
 
 _EX3_SURVEY: dict[str, pd.DataFrame] = {}
+_EX3_PYBLP_FULL: dict[str, tuple] = {}
+
+
+def _ex3_pyblp_solve(data_dir: Path, spec: dict, size: float = 1.0, nested: bool = False, extra_moments=()):
+    """One Exercise 3 specification with PyBLP 1.3.0 (same agents, nodes, instruments, bounds, optimiser and micro
+    moments as :func:`_ex3_solve`): (results, product data)."""
+    import pyblp
+
+    pyblp.options.verbose = False
+    products, agents = _ex3_inputs(data_dir, size, nested)
+    problem = pyblp.Problem(
+        (
+            pyblp.Formulation("0 + prices", absorb="C(market_ids) + C(product_ids)"),
+            pyblp.Formulation("1 + mushy + prices"),
+        ),
+        products,
+        pyblp.Formulation("0 + log_income"),
+        agents,
+    )
+    kwargs = dict(rho=spec["rho"], rho_bounds=(0.0, 0.99)) if nested else {}
+    results = problem.solve(
+        np.asarray(spec["sigma"], float),
+        np.asarray(spec["pi"], float),
+        sigma_bounds=pyblp_default_sigma_bounds(spec["sigma"]),
+        method="1s",
+        optimization=pyblp.Optimization("trust-constr", {"gtol": 1e-8, "xtol": 1e-8}),
+        iteration=pyblp.Iteration("squarem", {"atol": 1e-14}),
+        micro_moments=[*extra_moments, *ex3_micro_moments_pyblp(products, spec["moments"])],
+        **kwargs,
+    )
+    return results, products
+
+
+def _ex3_pyblp_full(data_dir: Path):
+    """PyBLP's Exercise 3.2 fit, once per data folder (the survey and ``exercise3_pyblp`` share it)."""
+    key = str(Path(data_dir).resolve())
+    if key not in _EX3_PYBLP_FULL:
+        _EX3_PYBLP_FULL[key] = _ex3_pyblp_solve(data_dir, EX3_FULL)
+    return _EX3_PYBLP_FULL[key]
 
 
 def ex3_simulated_survey(data_dir: Path = DEFAULT_DATA, full=None) -> pd.DataFrame:
-    """The simulated income survey: 100 buyers drawn (``EX3_OPTIMAL["seed"]``) from blpjax's Exercise 3.2 fit.
+    """The course's simulated income survey: PyBLP's ``simulate_micro_data(dataset, seed=0)`` at PyBLP's Exercise 3.2
+    fit, as the course draws it (so that both libraries, and a reader following the course, score the same 100 buyers).
 
-    Columns ``micro_ids``, ``market_ids``, ``agent_indices``, ``choice_indices``, ``log_income``. Simulated once per
-    data folder and cached, so that blpjax and PyBLP score the same micro data; ``full`` (blpjax's Exercise 3.2
-    results) avoids re-estimating it.
+    Columns ``micro_ids``, ``market_ids``, ``agent_indices``, ``choice_indices``, ``log_income`` (the respondent's
+    demographic, merged on market and within-market agent index as PyBLP's documentation says). Simulated once per
+    data folder and cached. ``full`` is accepted for compatibility and not used: the survey never depends on which
+    library's fit the caller holds.
     """
+    del full
     key = str(Path(data_dir).resolve())
     if key not in _EX3_SURVEY:
-        if full is None:
-            full = _ex3_solve(data_dir, EX3_FULL)
-        dataset = ex3_micro_moments(("income",))[0].parts.dataset
-        sim = full.simulate_micro_data(dataset, seed=EX3_OPTIMAL["seed"])
-        _EX3_SURVEY[key] = sim[["micro_ids", "market_ids", "agent_indices", "choice_indices", "log_income"]].copy()
+        results, products = _ex3_pyblp_full(data_dir)
+        dataset = ex3_micro_moments_pyblp(products, ("income",))[0].parts[0].dataset
+        sim = results.simulate_micro_data(dataset, seed=EX3_OPTIMAL["seed"])
+        survey = pd.DataFrame(
+            {
+                "micro_ids": np.asarray(sim["micro_ids"]).ravel(),
+                "market_ids": np.asarray(sim["market_ids"]).ravel().astype(str),
+                "agent_indices": np.asarray(sim["agent_indices"]).ravel().astype(int),
+                "choice_indices": np.asarray(sim["choice_indices"]).ravel().astype(int),
+            }
+        )
+        _, agents = _ex3_inputs(data_dir)
+        agents = agents.assign(agent_indices=agents.groupby("market_ids").cumcount())
+        agents["market_ids"] = agents["market_ids"].astype(str)
+        survey = survey.merge(agents[["market_ids", "agent_indices", "log_income"]], how="left", validate="many_to_one")
+        assert survey["log_income"].notna().all() and len(survey) == 100, "every respondent is one of the agents"
+        _EX3_SURVEY[key] = survey
     return _EX3_SURVEY[key]
 
 
@@ -589,33 +643,9 @@ def exercise3(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -> dict
 
 def exercise3_pyblp(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -> dict:
     """The same with PyBLP 1.3.0 (same agents, nodes, instruments, bounds, optimiser and micro moments)."""
-    import pyblp
-
-    pyblp.options.verbose = False
-    optimization = pyblp.Optimization("trust-constr", {"gtol": 1e-8, "xtol": 1e-8})
 
     def solve(spec, size=1.0, nested=False, extra_moments=()):
-        products, agents = _ex3_inputs(data_dir, size, nested)
-        problem = pyblp.Problem(
-            (
-                pyblp.Formulation("0 + prices", absorb="C(market_ids) + C(product_ids)"),
-                pyblp.Formulation("1 + mushy + prices"),
-            ),
-            products,
-            pyblp.Formulation("0 + log_income"),
-            agents,
-        )
-        kwargs = dict(rho=spec["rho"], rho_bounds=(0.0, 0.99)) if nested else {}
-        return problem.solve(
-            np.asarray(spec["sigma"], float),
-            np.asarray(spec["pi"], float),
-            sigma_bounds=pyblp_default_sigma_bounds(spec["sigma"]),
-            method="1s",
-            optimization=optimization,
-            iteration=pyblp.Iteration("squarem", {"atol": 1e-14}),
-            micro_moments=[*extra_moments, *ex3_micro_moments_pyblp(products, spec["moments"])],
-            **kwargs,
-        ), products
+        return _ex3_pyblp_solve(data_dir, spec, size, nested, extra_moments)
 
     def cf_shares(results, products):
         in_market = (products["market_ids"] == CF_MARKET).to_numpy()
@@ -627,7 +657,7 @@ def exercise3_pyblp(product_data: pd.DataFrame, data_dir: Path = DEFAULT_DATA) -
     income, _ = solve(EX3_INCOME)
     out["ex3.income.pi_1_income"] = float(income.pi[0, 0])
     out["ex3.income.pi_1_income_se"] = float(income.pi_se[0, 0])
-    full, products = solve(EX3_FULL)
+    full, products = _ex3_pyblp_full(data_dir)
     price, price_se = _pyblp_beta(full, "prices")
     _ex3_keys(out, "ex3.full", full.sigma, full.sigma_se, full.pi, full.pi_se, price, price_se)
     out["ex3.full.objective"] = float(np.asarray(full.objective).item())

@@ -4,37 +4,39 @@ Importing blpjax turns on float64 in JAX (``jax_enable_x64``): share inversions 
 1e-14, which float32 cannot represent. See :mod:`blpjax._config`.
 """
 
-from . import _config as _config  # noqa: F401  (enables float64 first)
-from ._allocator import ALLOCATOR_TUNABLES as ALLOCATOR_TUNABLES
-from ._allocator import allocator_tuned as allocator_tuned
-from ._allocator import relaunch_with_tuned_allocator as relaunch_with_tuned_allocator
-from ._config import enable_compilation_cache as enable_compilation_cache
-from ._contraction import ContractionConfig as ContractionConfig
-from ._errors import BLPDataError as BLPDataError
-from ._errors import BLPDataWarning as BLPDataWarning
-from ._errors import BLPEstimationError as BLPEstimationError
-from ._errors import BLPSpecificationError as BLPSpecificationError
-from ._errors import Status as Status
-from ._implicit import Market as Market
-from ._implicit import Theta as Theta
-from ._implicit import solve_delta as solve_delta
-from ._implicit import solve_delta_unrolled as solve_delta_unrolled
-from ._integration import Integration as Integration
-from ._markets import Agents as Agents
-from ._markets import Products as Products
-from ._micro_data import MicroDataset as MicroDataset
-from ._micro_data import MicroMarket as MicroMarket
-from ._micro_data import MicroMoment as MicroMoment
-from ._micro_data import MicroPart as MicroPart
-from ._montecarlo import MonteCarlo as MonteCarlo
-from ._montecarlo import monte_carlo as monte_carlo
-from ._optimize import OptaxOptimizer as OptaxOptimizer
-from ._optimize import ScipyOptimizer as ScipyOptimizer
-from ._problem import Problem as Problem
-from ._results import Results as Results
-from ._scaleout import ScaleOut as ScaleOut
-from ._simulate import SimulationConfig as SimulationConfig
-from ._simulate import simulate as simulate
+from ._base import config as _config  # noqa: F401  (enables float64 first)
+from ._base.allocator import ALLOCATOR_TUNABLES as ALLOCATOR_TUNABLES
+from ._base.allocator import allocator_tuned as allocator_tuned
+from ._base.allocator import relaunch_with_tuned_allocator as relaunch_with_tuned_allocator
+from ._base.config import enable_compilation_cache as enable_compilation_cache
+from ._base.errors import BLPDataError as BLPDataError
+from ._base.errors import BLPDataWarning as BLPDataWarning
+from ._base.errors import BLPEstimationError as BLPEstimationError
+from ._base.errors import BLPNumericalWarning as BLPNumericalWarning
+from ._base.errors import BLPSpecificationError as BLPSpecificationError
+from ._base.errors import EstimationStatus as EstimationStatus
+from ._base.errors import Status as Status
+from ._estimation.optimize import OptaxOptimizer as OptaxOptimizer
+from ._estimation.optimize import ScipyOptimizer as ScipyOptimizer
+from ._front.micro_data import MicroDataset as MicroDataset
+from ._front.micro_data import MicroMoment as MicroMoment
+from ._front.micro_data import MicroPart as MicroPart
+from ._front.montecarlo import MonteCarlo as MonteCarlo
+from ._front.montecarlo import monte_carlo as monte_carlo
+from ._front.problem import Problem as Problem
+from ._front.results import Results as Results
+from ._front.simulate import SimulationConfig as SimulationConfig
+from ._front.simulate import simulate as simulate
+from ._inversion.contraction import ContractionConfig as ContractionConfig
+from ._inversion.implicit import solve_delta as solve_delta
+from ._inversion.implicit import solve_delta_unrolled as solve_delta_unrolled
+from ._layouts.scaleout import ScaleOut as ScaleOut
+from ._micro.core import MicroMarket as MicroMarket
+from ._model.containers import Agents as Agents
+from ._model.containers import Products as Products
+from ._model.integration import Integration as Integration
+from ._model.market import Market as Market
+from ._model.market import Theta as Theta
 
 __version__ = "0.1.0"
 
@@ -43,8 +45,10 @@ __all__ = [
     "BLPDataError",
     "BLPDataWarning",
     "BLPEstimationError",
+    "BLPNumericalWarning",
     "BLPSpecificationError",
     "ContractionConfig",
+    "EstimationStatus",
     "Integration",
     "Market",
     "MicroDataset",

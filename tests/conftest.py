@@ -12,3 +12,13 @@ import blpjax  # noqa: E402,F401  (turns on float64)
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_compilation_caches():
+    """Each test module starts with JAX's compilation caches empty: a full run otherwise holds every
+    program compiled by every earlier module (memory grows to gigabytes on a 2-core CI machine)."""
+    yield
+    jax.clear_caches()

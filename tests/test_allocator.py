@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from blpjax._allocator import ALLOCATOR_TUNABLES, _glibc_supports_hugetlb
+from blpjax import ALLOCATOR_TUNABLES
+from blpjax.internal import glibc_supports_hugetlb
 
 SCRIPT = textwrap.dedent(
     """
@@ -30,7 +31,7 @@ def _run(args, env_extra=None, cwd=None):
     return out.stdout.splitlines()
 
 
-@pytest.mark.skipif(not _glibc_supports_hugetlb(), reason="needs Linux with glibc >= 2.35")
+@pytest.mark.skipif(not glibc_supports_hugetlb(), reason="needs Linux with glibc >= 2.35")
 def test_relaunch_sets_tunables_once_and_keeps_arguments(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)

@@ -6,8 +6,7 @@ import numpy as np
 
 import blpjax
 from blpjax import ContractionConfig, Market, Theta, solve_delta
-from blpjax._logit import logit_delta
-from blpjax._shares import shares
+from blpjax.internal import logit_delta, shares
 
 
 def test_logit_inversion_is_log_share_ratio_and_inverts_shares():

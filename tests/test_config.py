@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blpjax._config import _cpu_level, jit
+import blpjax
+import blpjax.internal as internal
+from blpjax.internal import Settings, inline_nested, jit
 
 
 def _f(x, k):
@@ -25,24 +27,33 @@ def test_jit_matches_jax_jit_at_top_level_and_inside_traces(once):
     assert np.isclose(float(jax.grad(lambda y: f(y, 3))(x)[0]), 3 * np.exp(-1.0), rtol=1e-14)
 
 
-def test_cpu_level_override(monkeypatch):
-    monkeypatch.delenv("BLPJAX_CPU_OPT_LEVEL", raising=False)
-    assert _cpu_level(2) == 2
-    monkeypatch.setenv("BLPJAX_CPU_OPT_LEVEL", "3")
-    assert _cpu_level(2) == 3
-    monkeypatch.setenv("BLPJAX_CPU_OPT_LEVEL", "default")
-    assert _cpu_level(2) is None
+def test_settings_are_read_from_the_environment_once_and_validated():
+    assert Settings.from_environment({}).cpu_opt_level == "blpjax"  # blpjax's per-program levels
+    assert Settings.from_environment({"BLPJAX_CPU_OPT_LEVEL": "3"}).cpu_opt_level == 3
+    assert Settings.from_environment({"BLPJAX_CPU_OPT_LEVEL": "default"}).cpu_opt_level is None
+    assert not Settings.from_environment({"BLPJAX_OVERLAP_COMPILE": "0"}).overlap_compile
+    assert not Settings.from_environment({"BLPJAX_TUNE_ALLOCATOR": "0"}).tune_allocator
+    for name, bad in (("BLPJAX_CPU_OPT_LEVEL", "fast"), ("BLPJAX_OVERLAP_COMPILE", "yes")):
+        with pytest.raises(ValueError, match=name):
+            Settings.from_environment({name: bad})
+    before = internal.settings.quick_elements
+    with internal.override(quick_elements=7):
+        assert internal.settings.quick_elements == 7
+    assert internal.settings.quick_elements == before
 
 
 @pytest.mark.parametrize("rho_by_nest", [False, True])
 def test_host_unpack_equals_traced_unpack(rho_by_nest):
     """ParameterSpec.unpack(host=True) (results, set-up) fills exactly what the traced unpack fills."""
-    from blpjax._params import build_parameters
-
     sigma = np.array([[0.5, 0.0], [0.2, 0.3]])
     pi = np.array([[0.0], [0.4]])
     rho = np.array([0.3, 0.5]) if rho_by_nest else np.array([0.3])
-    spec = build_parameters(("1", "prices"), ("income",), 2, sigma, pi, rho, rho_by_nest=rho_by_nest)
+    products, agents, _ = blpjax.simulate(blpjax.SimulationConfig(markets=4, agents=5, products=(3, 4)))
+    products["nesting_ids"] = products.product_ids.str[1:].astype(int) % 2
+    problem = blpjax.Problem(
+        products, ("1", "prices"), ("1", "prices"), agent_data=agents, demographics=("income",), rho_by_nest=rho_by_nest
+    )
+    spec = problem.parameter_spec(sigma, pi, rho)
     x = np.random.default_rng(0).normal(size=spec.P)
     host, traced = spec.unpack(x, host=True), jax.jit(spec.unpack)(x)
     for name in ("sigma", "pi", "rho"):
@@ -51,7 +62,7 @@ def test_host_unpack_equals_traced_unpack(rho_by_nest):
 
 
 def test_host_logit_delta_equals_the_per_market_inversion():
-    from blpjax._logit import logit_delta
+    from blpjax.internal import logit_delta
 
     rng = np.random.default_rng(1)
     shares = rng.uniform(0.01, 0.1, size=(4, 6))
@@ -87,8 +98,6 @@ def _solver(x):
 
 
 def test_inline_traces_no_nested_jits_and_computes_the_same():
-    from blpjax._config import inline_nested
-
     x = jnp.linspace(-1.0, 1.0, 5)
 
     def fun(x):  # value and forward-mode gradient (reverse mode cannot cross a while_loop)
@@ -126,24 +135,23 @@ def test_quick_twin_of_a_once_program_computes_the_same():
     assert f.quick._cache_size() == 1  # its own program, not f's
 
 
-def test_chunked_moment_jacobian_equals_jacfwd(monkeypatch):
+def test_chunked_moment_jacobian_equals_jacfwd():
     """Large problems form the statistics' Jacobian a few tangents at a time; same numbers, and
     still one loop (not unrolled) inside a body traced with nested jits inlined."""
-    from types import SimpleNamespace
+    from blpjax.internal import jacobian_with_aux
 
-    import blpjax._estimate as E
-    from blpjax._config import inline_nested
-
-    setup = SimpleNamespace(elements=3 * 4 * 5)  # markets × products × agents
-    monkeypatch.setattr(E, "JACOBIAN_CHUNK_ELEMENTS", 2 * 3 * 4 * 5)  # two tangents per chunk
+    elements = 3 * 4 * 5  # markets × products × agents
 
     def f(x):
-        return jnp.stack([jnp.sum(jnp.sin(x) * jnp.arange(1.0, 8.0)), jnp.prod(jnp.cos(x[:3])), x[4] ** 3])
+        out = jnp.stack([jnp.sum(jnp.sin(x) * jnp.arange(1.0, 8.0)), jnp.prod(jnp.cos(x[:3])), x[4] ** 3])
+        return out, jnp.sum(x)
 
-    x = jnp.linspace(0.1, 0.7, 7)  # 7 parameters: 4 chunks, the last one padded
-    expected = np.asarray(jax.jacfwd(f)(x))
-    for program in (jax.jit, lambda g: jit(g, inline=True)):
-        got = program(lambda y: E._jacobian(f, y, setup))(x)
-        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-14, atol=1e-15)
-    jaxpr = jax.make_jaxpr(inline_nested(lambda y: E._jacobian(f, y, setup)))(x)
+    x = jnp.linspace(0.1, 0.7, 7)  # 7 parameters: 4 chunks of two tangents, the last one padded
+    expected = np.asarray(jax.jacfwd(lambda y: f(y)[0])(x))
+    with internal.override(jacobian_chunk_elements=2 * elements):
+        for program in (jax.jit, lambda g: jit(g, inline=True)):
+            got, aux = program(lambda y: jacobian_with_aux(f, y, elements))(x)
+            np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-14, atol=1e-15)
+            np.testing.assert_allclose(float(aux), float(jnp.sum(x)), rtol=1e-15)
+        jaxpr = jax.make_jaxpr(inline_nested(lambda y: jacobian_with_aux(f, y, elements)))(x)
     assert any(e.primitive.name == "scan" for e in jaxpr.jaxpr.eqns)

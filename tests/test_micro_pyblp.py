@@ -15,9 +15,7 @@ import pandas as pd
 import pytest
 
 import blpjax
-from blpjax._micro import micro_moments, moment_covariances, moment_values, part_values
-from blpjax._objective import deltas_at_solution, solve_deltas
-from blpjax._params import build_parameters
+from blpjax.internal import Concentration, StatisticsOptions
 
 pyblp = pytest.importorskip("pyblp")
 pyblp.options.verbose = False
@@ -181,56 +179,28 @@ def test_micro_values_jacobians_covariances_objective_match_pyblp(nevo, nested):
         micro_moments=theirs,
     )
     micro, _ = ours_problem.build_micro(ours)
-    spec = build_parameters(X2, ("income",), ours_problem.products.n_nests, sigma, pi, rho, None, None, None, False, [])
+    spec = ours_problem.parameter_spec(sigma, pi, rho)
     x0 = jnp.asarray(spec.x0)
-    theta = spec.unpack(x0)
     setup = ours_problem.setup
-    delta = solve_deltas(theta, setup, ours_problem.logit_delta(), blpjax.ContractionConfig()).x
+    engine = ours_problem.engine(spec, blpjax.ContractionConfig(), micro=micro)
+    M = setup.M
+    Z = np.asarray(setup.Z).reshape(-1, M)
+    W0 = jax.scipy.linalg.block_diag(np.linalg.inv(Z.T @ Z / ours_problem.N), np.zeros((micro.MM, micro.MM)))
+    conc = Concentration.build_host(setup.ZX_all(host=True), W0)
+    _, _, ev, _ = engine.value_and_grad(x0, ours_problem.logit_delta(), conc)
+    stats = engine.statistics(x0, ev.delta, conc, StatisticsOptions())
 
-    values = moment_values(part_values(theta, setup.market, delta, micro), micro)
-    np.testing.assert_allclose(values, theirs_res.micro_values.ravel(), rtol=1e-12)
-    cov = moment_covariances(theta, setup.market, delta, micro)
+    np.testing.assert_allclose(stats.micro_values, theirs_res.micro_values.ravel(), rtol=1e-12)
+    cov = np.asarray(stats.micro_covariances)
     np.testing.assert_allclose(cov, theirs_res.micro_covariances, rtol=1e-9, atol=1e-12 * np.abs(cov).max())
-
-    def g_micro(x):
-        th = spec.unpack(x)
-        return micro_moments(th, setup.market, deltas_at_solution(th, setup, delta), micro)
-
-    G = jax.jacfwd(g_micro)(x0)
+    G = np.asarray(stats.moments_jacobian)[M:, : spec.P]  # the micro rows' derivatives in θ through δ(θ)
     scale = np.abs(theirs_res.micro_by_theta_jacobian).max()
     np.testing.assert_allclose(G, theirs_res.micro_by_theta_jacobian, rtol=1e-9, atol=1e-11 * scale)
 
     # PyBLP's initial update then the objective and gradient at the starting values
-    from blpjax._estimate import _post, _value_and_grad
-    from blpjax._gmm import Concentration, symmetric_inverse
-
-    M = setup.Z.shape[-1]
-    Z = setup.Z.reshape(-1, M)
-    W0 = jax.scipy.linalg.block_diag(symmetric_inverse(Z.T @ Z / ours_problem.N), jnp.zeros((micro.MM, micro.MM)))
-    config = blpjax.ContractionConfig()
-    conc = Concentration.build(setup.ZX, W0)
-    _, _, ev = _value_and_grad(spec, config, x0, ours_problem.logit_delta(), conc, setup, micro)
-    p = ours_problem.products
-    out = _post(
-        x0,
-        ev.delta,
-        ev.g_delta,
-        spec,
-        setup,
-        conc,
-        p.X1,
-        p.cluster_ids,
-        p.n_clusters,
-        "robust",
-        "robust",
-        0,
-        config,
-        micro,
-    )
-    np.testing.assert_allclose(out["updated_W"], theirs_res.W, rtol=1e-8, atol=1e-10 * np.abs(theirs_res.W).max())
-    q, grad, _ = _value_and_grad(
-        spec, config, x0, ev.delta, Concentration.build(setup.ZX, out["updated_W"]), setup, micro
-    )
+    updated_W = np.asarray(stats.updated_W)
+    np.testing.assert_allclose(updated_W, theirs_res.W, rtol=1e-8, atol=1e-10 * np.abs(theirs_res.W).max())
+    q, grad, _, _ = engine.value_and_grad(x0, ev.delta, Concentration.build_host(setup.ZX_all(host=True), updated_W))
     np.testing.assert_allclose(float(q), theirs_res.objective.item(), rtol=1e-9)
     np.testing.assert_allclose(grad, theirs_res.gradient.ravel(), rtol=1e-7, atol=1e-8 * np.abs(grad).max())
 
@@ -241,16 +211,13 @@ def test_micro_gradient_matches_finite_differences(nevo):
     ours_problem, _ = _problems(products, agents, False)
     ours, _ = _configs(products)
     micro, _ = ours_problem.build_micro(ours)
-    spec = build_parameters(
-        X2, ("income",), 0, np.diag([0.5, 0.8, 2.0]), [[1.0], [0.1], [-2.0]], None, None, None, None, False, []
-    )
-    setup = ours_problem.setup
-    config = blpjax.ContractionConfig()
+    spec = ours_problem.parameter_spec(np.diag([0.5, 0.8, 2.0]), [[1.0], [0.1], [-2.0]])
+    engine = ours_problem.engine(spec, blpjax.ContractionConfig(), micro=micro)
+    conc = Concentration.build_host(ours_problem.setup.ZX_all(host=True), np.eye(ours_problem.setup.M + micro.MM))
     d0 = ours_problem.logit_delta()
 
     def g(x):
-        th = spec.unpack(x)
-        return micro_moments(th, setup.market, solve_deltas(th, setup, d0, config).x, micro)
+        return engine.value(x, d0, conc)[1][1].g_micro  # δ(θ) solved inside, differentiable
 
     x0 = jnp.asarray(spec.x0)
     G = jax.jacrev(g)(x0)  # reverse mode: the transposed implicit rule

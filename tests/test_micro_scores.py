@@ -16,13 +16,7 @@ import pandas as pd
 import pytest
 
 import blpjax
-from blpjax._micro import part_values
-from blpjax._scores import (
-    agent_scores,
-    micro_scores,
-    results_at,
-    simulate_micro_data,
-)
+from blpjax.internal import Concentration, StatisticsOptions, choice_probabilities, results_at
 
 pyblp = pytest.importorskip("pyblp")
 pyblp.options.verbose = False
@@ -157,7 +151,7 @@ def test_scores_match_pyblp(request, model, name):
     ours_results, their_results = request.getfixturevalue(model)
     ours_ds, their_ds = _datasets(name)
     df = _micro_data(name, seed=len(name) + 10 * (model == "rcnl"))
-    got = micro_scores(ours_results, ours_ds, df)
+    got = ours_results.compute_micro_scores(ours_ds, df)
     expected = np.column_stack(their_results.compute_micro_scores(their_ds, _pyblp_data(df)))
     assert list(got.columns) == list(ours_results.spec.labels)
     assert got.shape == expected.shape == (df["micro_ids"].nunique(), ours_results.spec.P)
@@ -166,7 +160,9 @@ def test_scores_match_pyblp(request, model, name):
         assert np.isnan(got.loc[5]).all()  # P_n = 0: first and second choice coincide (NaN as PyBLP)
         assert np.isfinite(got.drop(index=5).to_numpy()).all()
     _compare_agent_scores(
-        agent_scores(ours_results, ours_ds), their_results.compute_agent_scores(their_ds), ours_results.spec.labels
+        ours_results.compute_agent_scores(ours_ds),
+        their_results.compute_agent_scores(their_ds),
+        ours_results.spec.labels,
     )
 
 
@@ -175,13 +171,13 @@ def test_integration_matches_pyblp(blp):
     ours_results, their_results = blp
     ours_ds, their_ds = _datasets("outside")
     df = _micro_data("outside", seed=3).drop_duplicates("micro_ids")[["market_ids", "choice_indices", "income"]]
-    got = micro_scores(ours_results, ours_ds, df, integration=blpjax.Integration("product", 3))
+    got = ours_results.compute_micro_scores(ours_ds, df, integration=blpjax.Integration("product", 3))
     expected = np.column_stack(
         their_results.compute_micro_scores(their_ds, _pyblp_data(df), integration=pyblp.Integration("product", 3))
     )
     np.testing.assert_allclose(got.to_numpy(), expected, rtol=1e-9, atol=1e-11 * np.abs(expected).max())
     _compare_agent_scores(
-        agent_scores(ours_results, ours_ds, integration=blpjax.Integration("product", 3)),
+        ours_results.compute_agent_scores(ours_ds, integration=blpjax.Integration("product", 3)),
         their_results.compute_agent_scores(their_ds, integration=pyblp.Integration("product", 3)),
         ours_results.spec.labels,
     )
@@ -195,14 +191,12 @@ def test_simulated_choice_frequencies_match_model_probabilities(blp, data):
     ds = blpjax.MicroDataset(
         "outside", 200_000, lambda m: jnp.outer(jnp.exp(m.demographics[:, 0]), jnp.r_[0.5, jnp.ones(m.J)]), MARKETS
     )
-    sim = simulate_micro_data(ours_results, ds, seed=1)
+    sim = ours_results.simulate_micro_data(ds, seed=1)
     assert len(sim) == 200_000
     assert list(sim.columns[:4]) == ["micro_ids", "market_ids", "agent_indices", "choice_indices"]
     # the model's probabilities, from first principles with PyBLP-free arrays of the problem
     problem = ours_results.problem
     theta = ours_results.theta
-    from blpjax._micro import choice_probabilities
-
     positions = [list(problem.index.market_ids).index(t) for t in MARKETS]
     expected = []
     for t in positions:
@@ -231,20 +225,17 @@ def test_second_choice_simulation_frequencies(blp):
     ours_results, _ = blp
     ds, _ = _datasets("second")
     ds = blpjax.MicroDataset("second", 100_000, ds.weights, MARKETS)
-    sim = simulate_micro_data(ours_results, ds, seed=2)
+    sim = ours_results.simulate_micro_data(ds, seed=2)
     assert (sim.choice_indices + 1 != sim.second_choice_indices).all()  # never the first choice again
-    from blpjax._scores import _context, _resolve, _weighted_probabilities
-
-    resolved = _resolve(ours_results.problem, ds)
-    omega = np.asarray(
-        _weighted_probabilities(
-            ours_results.spec,
-            _context(ours_results),
-            jnp.asarray(resolved.markets),
-            jnp.asarray(resolved.survey),
-            resolved.flags,
-        )
-    )
+    problem, theta = ours_results.problem, ours_results.theta
+    views = problem.micro_market_views()
+    omega = []
+    for t in [list(problem.index.market_ids).index(m) for m in MARKETS]:
+        market = jax.tree_util.tree_map(lambda a, t=t: a[t], problem.setup.market)
+        survey = np.asarray(ds.weights(jax.tree_util.tree_map(lambda a, t=t: a[t], views)))  # (I, J, 1 + J)
+        s = choice_probabilities(ours_results.final.delta[t], theta, market, False, True, True)
+        omega.append(np.asarray(market.weights)[:, None, None] * survey * np.asarray(s))
+    omega = np.stack(omega)
     p = omega[..., 0].sum() / omega.sum()
     f = (sim.second_choice_indices == 0).mean()
     assert abs(f - p) < 5 * np.sqrt(p * (1 - p) / len(sim))
@@ -271,13 +262,22 @@ def test_optimal_micro_moments_at_the_estimate(blp):
     assert [m.name for m in moments] == [f"score[{label}]" for label in ours_results.spec.labels]
     np.testing.assert_allclose([m.value for m in moments], S.mean().to_numpy(), rtol=1e-12)
     micro, _ = ours_results.problem.build_micro(moments)
-    v = part_values(ours_results.theta, ours_results.problem.setup.market, ours_results.final.delta, micro)
+    v = _part_values(ours_results, micro)
     scale = max(np.abs(a).max() for a in A.values())
     np.testing.assert_allclose(v, 0.0, atol=1e-12 * scale)
     # the same parts at another θ are not zero: the check can fail
     other = results_at(ours_results.problem, SIGMA * 1.5, PI)
-    v_other = part_values(other.theta, other.problem.setup.market, other.final.delta, micro)
+    v_other = _part_values(other, micro)
     assert np.abs(np.asarray(v_other)).max() > 1e-3
+
+
+def _part_values(results, micro):
+    """The model values of single-part micro moments (f the identity) at the results' θ and δ."""
+    problem = results.problem
+    engine = problem.engine(results.spec, blpjax.ContractionConfig(), micro=micro)
+    conc = Concentration.build_host(problem.setup.ZX_all(host=True), np.eye(problem.setup.M + micro.MM))
+    stats = engine.statistics(jnp.asarray(results.final.theta), results.final.delta, conc, StatisticsOptions())
+    return np.asarray(stats.micro_values)
 
 
 def test_bad_micro_data_is_reported(blp):
@@ -285,11 +285,13 @@ def test_bad_micro_data_is_reported(blp):
     ds, _ = _datasets("first")
     df = _micro_data("first", seed=0)
     with pytest.raises(blpjax.BLPDataError, match="choice_indices"):
-        micro_scores(ours_results, ds, df.assign(choice_indices=J_NEVO))  # the outside good is not in this dataset
+        ours_results.compute_micro_scores(
+            ds, df.assign(choice_indices=J_NEVO)
+        )  # the outside good is not in this dataset
     with pytest.raises(blpjax.BLPDataError, match="nodes2"):
-        micro_scores(ours_results, ds, df.drop(columns="nodes2"))
+        ours_results.compute_micro_scores(ds, df.drop(columns="nodes2"))
     with pytest.raises(blpjax.BLPDataError, match="does not cover"):
-        micro_scores(ours_results, ds, df.assign(market_ids=ours_results.problem.index.market_ids[5]))
+        ours_results.compute_micro_scores(ds, df.assign(market_ids=ours_results.problem.index.market_ids[5]))
     second, _ = _datasets("second")
     with pytest.raises(blpjax.BLPDataError, match="second_choice_indices"):
-        micro_scores(ours_results, second, df)
+        ours_results.compute_micro_scores(second, df)

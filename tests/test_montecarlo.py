@@ -5,8 +5,15 @@ import pytest
 
 import blpjax
 from blpjax import BLPSpecificationError, OptaxOptimizer, SimulationConfig
-from blpjax._montecarlo import simulated_problems, stack_problems
-from blpjax._params import build_parameters
+from blpjax.internal import (
+    Concentration,
+    StatisticsOptions,
+    income_price_covariance,
+    results_at_truth,
+    simulated_micro_moments,
+    simulated_problems,
+    stack_problems,
+)
 
 CONFIG = SimulationConfig(markets=30, products=(5, 5), agents=20)
 R = 10
@@ -109,7 +116,7 @@ def test_replications_must_have_identical_shapes():
         blpjax.monte_carlo(SimulationConfig(markets=5, products=(3, 6), agents=5), 2)
     small = simulated_problems(SimulationConfig(markets=6, products=(4, 4), agents=5), 1)[0]
     large = simulated_problems(SimulationConfig(markets=6, products=(5, 5), agents=5), 1)[0]
-    spec = build_parameters(("1", "prices"), ("income",), 0, SIGMA, PI)
+    spec = small[0].parameter_spec(SIGMA, PI)
     with pytest.raises(BLPSpecificationError, match="identical shapes"):
         stack_problems(small + large, spec)
 
@@ -121,19 +128,14 @@ MICRO_R = 3
 @pytest.fixture(scope="module")
 def micro_moments(problems):
     """Per replication: Cov(income, price | inside) with its observed value from a survey simulated at the truth."""
-    from blpjax._montecarlo import income_price_covariance, simulated_micro_moments
-
     return simulated_micro_moments(problems[:MICRO_R], SIGMA, PI, moments=[income_price_covariance(300)], seed=7)
 
 
 def test_micro_vmapped_equals_problem_solve(problems):
     """With a micro moment (observed value differing by replication, initial W update), one vmap ≡ Problem.solve."""
-    from blpjax._micro_data import MicroMoment
-    from blpjax._montecarlo import income_price_covariance
-
     template = income_price_covariance(300)
     values = [0.1, 0.15, 0.2]  # near the model's values (surveys' values are tested below; they cost a compile)
-    micro_moments = [[MicroMoment(template.name, v, template.parts, template.function)] for v in values]
+    micro_moments = [[blpjax.MicroMoment(template.name, v, template.parts, template.function)] for v in values]
     mc = blpjax.MonteCarlo.from_problems(
         problems[:MICRO_R], SIGMA, PI, method="1s", micro_moments=micro_moments, batch_size=MICRO_R
     )
@@ -156,21 +158,18 @@ def test_micro_vmapped_equals_problem_solve(problems):
 
 def test_survey_observed_value_is_noisy_around_the_model_value(problems, micro_moments):
     """The survey's observed value is the model value at the truth up to sampling noise of size ~ sd/√N_d."""
-    from blpjax._micro import moment_covariances, moment_values, part_values
-    from blpjax._montecarlo import results_at_truth
-
     for r in range(MICRO_R):
         truth = results_at_truth(problems[r], SIGMA, PI)
-        setup, _ = problems[r].build_micro(micro_moments[r])
-        theta, delta, market = truth.spec.unpack(truth.final.theta), truth.final.delta, problems[r].setup.market
-        model = float(moment_values(part_values(theta, market, delta, setup), setup)[0])
-        se = float(np.sqrt(moment_covariances(theta, market, delta, setup)[0, 0]))  # includes 1/N_d
+        micro, _ = problems[r].build_micro(micro_moments[r])
+        engine = problems[r].engine(truth.spec, blpjax.ContractionConfig(), micro=micro)
+        conc = Concentration.build_host(problems[r].setup.ZX_all(host=True), np.eye(problems[r].setup.M + 1))
+        stats = engine.statistics(truth.final.theta, truth.final.delta, conc, StatisticsOptions())
+        model = float(stats.micro_values[0])
+        se = float(np.sqrt(stats.micro_covariances[0, 0]))  # includes 1/N_d
         assert 0 < abs(micro_moments[r][0].value - model) < 5 * se
 
 
 def test_micro_moments_need_identical_structure(problems):
-    from blpjax._montecarlo import income_price_covariance
-
     with pytest.raises(BLPSpecificationError, match="micro"):
         blpjax.MonteCarlo.from_problems(
             problems[:2], SIGMA, PI, micro_moments=[[income_price_covariance(100)], [income_price_covariance(200)]]

@@ -123,3 +123,49 @@ def test_bounds_are_respected_on_a_re_solve(rc_problem):
     assert bounded.sigma[1, 1] == pytest.approx(0.1, abs=1e-12)  # at the bound the optimum lies beyond
     bounded_scipy = rc_problem.solve(start, PI, method="1s", sigma_bounds=bounds, throw=False)
     assert bounded_scipy.sigma[1, 1] == pytest.approx(0.1, abs=1e-12)
+
+
+def test_tolerances_w_and_methods_each_change_the_answer(rc_problem):
+    """Every option that changes the answer reaches the compiled program or its inputs: re-solves of one parameter
+    structure in one process, each differing from a baseline in one option, each showing that option's effect."""
+    base = rc_problem.solve(SIGMA, PI, method="1s")
+    loose = rc_problem.solve(SIGMA, PI, method="1s", contraction=blpjax.ContractionConfig(tol=1e-6))
+    assert loose.contraction_summary["mean_evaluations"] < base.contraction_summary["mean_evaluations"]
+    coarse = rc_problem.solve(SIGMA, PI, method="1s", optimizer=blpjax.ScipyOptimizer(gtol=1e-1), throw=False)
+    assert coarse.final.optimizer.iterations < base.final.optimizer.iterations
+    W = np.diag(np.linspace(1.0, 3.0, np.asarray(base.W).shape[0]))
+    weighted = rc_problem.solve(SIGMA, PI, method="1s", W=W)
+    np.testing.assert_allclose(weighted.W, W)
+    assert abs(weighted.objective - base.objective) > 1e-6 * abs(base.objective)
+    two = rc_problem.solve(SIGMA, PI, method="2s")
+    assert len(two.steps) == 2
+    np.testing.assert_allclose(two.steps[1].W, base.updated_W, rtol=1e-8)
+    simple = rc_problem.solve(SIGMA, PI, method="1s", contraction=blpjax.ContractionConfig(method="simple"))
+    assert simple.contraction_summary["mean_evaluations"] > base.contraction_summary["mean_evaluations"]
+    np.testing.assert_allclose(simple.objective, base.objective, rtol=1e-6)
+
+
+# --- progress output --------------------------------------------------------------------------------------------
+def test_verbose_prints_one_line_per_outer_iteration(rc_problem, capsys):
+    """One progress line per optimiser iteration with the objective, gradient, step and contraction columns (not θ),
+    and a closing line per GMM step; the last line's objective is the estimate's."""
+    opt = blpjax.ScipyOptimizer(verbose=True)
+    results = rc_problem.solve(sigma=SIGMA, pi=PI, optimizer=opt, method="1s")
+    out = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(out) if "|proj grad|" in line)
+    assert out[header - 2] == "GMM step 1 of 1"
+    rows = [line.split() for line in out[header + 1 :] if line.strip()[:1].isdigit()]
+    assert len(rows) == results.final.optimizer.iterations  # one line per iteration
+    assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1))
+    objectives = [float(r[2]) for r in rows]
+    assert objectives[-1] == pytest.approx(results.objective, rel=1e-8)
+    assert all(int(r[5]) > 0 and int(r[6]) <= int(r[5]) and r[7] == "0" for r in rows)  # contraction columns
+    assert out[-1].startswith("  step 1: objective")
+
+
+def test_verbose_optax_prints_each_update(rc_problem, capsys):
+    opt = blpjax.OptaxOptimizer(max_steps=5, verbose=True)
+    rc_problem.solve(sigma=SIGMA, pi=PI, optimizer=opt, method="1s", throw=False)
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in out if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1)) and 1 <= len(rows) <= 5

@@ -6,7 +6,7 @@ import pyblp
 import pytest
 
 import blpjax
-from blpjax._scores import results_at
+from blpjax.internal import results_at
 
 pyblp.options.verbose = False
 

@@ -89,7 +89,7 @@ def test_contraction_solves_share_equations(method, nested):
     market, theta = _toy(nested)
     fp = _delta(theta, market, ContractionConfig(method=method))
     assert np.all(np.asarray(fp.status) == Status.CONVERGED)
-    from blpjax._implicit import market_log_shares
+    from blpjax.internal import market_log_shares
 
     ls = jax.vmap(market_log_shares, in_axes=(0, None, 0))(fp.x, theta, market)
     np.testing.assert_allclose(np.where(market.mask, ls, 0), market.log_shares, atol=1e-12)
@@ -144,38 +144,37 @@ def test_objective_does_not_retrace_when_theta_changes():
     problem = blpjax.Problem(
         product_data, ("1", "x", "prices"), ("1", "prices"), agent_data=agent_data, demographics=("income",)
     )
-    from blpjax._estimate import _value_and_grad
-
     r1 = problem.solve(np.diag([1.0, 0.5]), [[0.0], [0.3]], method="1s")
-    misses = _value_and_grad._cache_size()
-    problem.solve(np.diag([0.7, 0.2]), [[0.0], [0.1]], method="1s")
-    assert _value_and_grad._cache_size() == misses
+    misses = r1.engine.cache_size("value_and_grad"), r1.engine.cache_size("statistics")
+    r2 = problem.solve(np.diag([0.7, 0.2]), [[0.0], [0.1]], method="1s")
+    assert (r2.engine.cache_size("value_and_grad"), r2.engine.cache_size("statistics")) == misses
     assert r1.converged
 
 
-def test_statistics_program_compiled_once_in_the_background(monkeypatch, caplog):
+def test_statistics_program_compiled_once_in_the_background(caplog):
     """The step statistics compile in the background while the objective is traced, exactly once
     for a two-step solve, and the estimates equal those of a solve that compiles in order."""
+    from blpjax.internal import override
+
     product_data, agent_data, _ = blpjax.simulate(blpjax.SimulationConfig(markets=7, agents=13, seed=5))
     problem = blpjax.Problem(
         product_data, ("1", "x", "prices"), ("1", "prices"), agent_data=agent_data, demographics=("income",)
     )
     args = (np.diag([1.0, 0.5]), [[0.0], [0.3]])
-    monkeypatch.setenv("BLPJAX_OVERLAP_COMPILE", "1")
-    with jax.log_compiles(True), caplog.at_level("DEBUG"):
+    with override(overlap_compile=True), jax.log_compiles(True), caplog.at_level("DEBUG"):
         background = problem.solve(*args, method="2s")
     compiles = [
-        r.getMessage() for r in caplog.records if "Finished XLA compilation of jit(_post_step)" in r.getMessage()
+        r.getMessage() for r in caplog.records if "Finished XLA compilation of jit(_statistics_body)" in r.getMessage()
     ]
     assert len(compiles) == 1, compiles
-    monkeypatch.setenv("BLPJAX_OVERLAP_COMPILE", "0")
-    in_order = problem.solve(*args, method="2s")
+    with override(overlap_compile=False):
+        in_order = problem.solve(*args, method="2s")
     assert background.converged
     pd.testing.assert_frame_equal(background.parameters, in_order.parameters)
 
 
 def test_simulate_and_recover_from_half_the_truth():
-    from blpjax._simulate import SimulationConfig, simulate
+    from blpjax import SimulationConfig, simulate
 
     cfg = SimulationConfig(markets=150, agents=150, seed=3)
     product_data, agent_data, truth = simulate(cfg)
@@ -295,3 +294,16 @@ def test_ift_data_tangents_match_unrolled_and_finite_differences(nested):
     np.testing.assert_allclose(
         sum(jnp.sum(gi * ti) for gi, ti in zip(g, tangents, strict=True)), jnp.sum(v * t_ift), rtol=1e-10
     )
+
+
+def test_anderson_and_squarem_reach_the_same_optimum_on_nevo():
+    """Anderson acceleration inside estimation: the same optimum as SQUAREM (it used to stop at a wrong one), and
+    the default optimiser (BFGS without bounds) reaches PyBLP's optimum of the README's model."""
+    _, _, bp, sigma, pi = _nevo()
+    squarem = bp.solve(sigma, pi, method="1s")
+    anderson = bp.solve(sigma, pi, method="1s", contraction=blpjax.ContractionConfig(method="anderson"))
+    assert squarem.converged and anderson.converged
+    np.testing.assert_allclose(squarem.objective, 4.561514, rtol=1e-6)  # PyBLP's Nevo tutorial objective
+    np.testing.assert_allclose(anderson.objective, squarem.objective, rtol=1e-8)
+    np.testing.assert_allclose(anderson.parameters["estimate"], squarem.parameters["estimate"], rtol=1e-5, atol=1e-7)
+    assert anderson.contraction_summary["mean_evaluations"] < squarem.contraction_summary["mean_evaluations"]

@@ -18,11 +18,19 @@ import numpy as np
 import pytest
 
 import blpjax
-from blpjax._contraction import ContractionConfig
-from blpjax._errors import BLPSpecificationError
-from blpjax._estimate import _value_and_grad
-from blpjax._gmm import Concentration
-from blpjax._scores import results_at
+from blpjax import BLPSpecificationError, ContractionConfig
+from blpjax.internal import (
+    Concentration,
+    DatasetMarket,
+    Market,
+    StatisticsOptions,
+    bertrand_markups,
+    bertrand_parts,
+    firm_membership,
+    markups,
+    ownership_matrix,
+    results_at,
+)
 
 pyblp = pytest.importorskip("pyblp")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -119,9 +127,9 @@ def test_supply_gradient_matches_finite_differences(nested):
     delta0 = res.final.delta
 
     def value(y):
-        return float(_value_and_grad(spec, config, jnp.asarray(y), delta0, conc, setup)[0])
+        return float(res.engine.value(jnp.asarray(y), delta0, conc)[0])
 
-    q, grad, _ = _value_and_grad(spec, config, x, delta0, conc, setup)
+    q, grad, _, _ = res.engine.value_and_grad(x, delta0, conc)
     assert np.isclose(float(q), res.objective, rtol=1e-12)
     checked = [0, spec.P - 2, spec.P - 1] if nested else range(spec.P)  # nested: Σ, Π and ρ entries
     fd = np.empty(spec.P)
@@ -136,7 +144,7 @@ def test_supply_gradient_matches_finite_differences(nested):
 
 def test_markups_match_logit_closed_form():
     """Plain logit with single-product firms: η_j = 1 / (α (1 − s_j)) exactly."""
-    from blpjax._simulate import SimulationConfig, simulate
+    from blpjax import SimulationConfig, simulate
 
     product_data, _, _ = simulate(SimulationConfig(markets=4, agents=10, seed=3))
     product_data = product_data.copy()
@@ -205,13 +213,8 @@ def test_supply_errors_teach():
 
 def test_outer_product_micro_parts_equal_dense_path():
     """Parts and weights detected as outer products (a_i b_j, c_i d_j) give the dense path's values,
-    derivatives and covariances; so does gathering the dataset's markets instead of taking all of them."""
+    derivatives and covariances."""
     import dataclasses
-
-    import equinox as eqx
-
-    from blpjax._micro import micro_moments, part_covariances
-    from blpjax._objective import deltas_at_solution
 
     products, agents = _subset(size=10)
     problem = petrin.blpjax_problem(products, agents)
@@ -226,32 +229,36 @@ def test_outer_product_micro_parts_equal_dense_path():
     weighted = blpjax.MicroMoment("weighted ratio", 0.5, parts, lambda v: v[0] / v[1])
     micro, _ = problem.build_micro([*petrin.blpjax_micro_moments(), weighted])
     assert len(micro.datasets) == 2
-    assert all(ds.factors is not None and ds.weight_factors is not None for ds in micro.datasets)
-    assert all(ds.all_markets for ds in micro.datasets)
+    assert all(s.factored_values and s.factored_weights for s in micro.specs)
+    assert all(ds.weights is None and ds.values is None for ds in micro.datasets)  # no dense array is kept
 
-    def without(m, field, value):
-        datasets = tuple(dataclasses.replace(ds, **{field: value}) for ds in m.datasets)
-        return eqx.tree_at(lambda m_: m_.datasets, m, datasets)
-
-    values_only = without(micro, "weight_factors", None)  # factored values, dense weights
-    dense = without(values_only, "factors", None)
-    gathered = without(micro, "all_markets", False)
-    res = results_at(problem, petrin.SIGMA, petrin.PI, contraction=ContractionConfig(tol=TOL))
-    spec, setup, delta = res.spec, problem.setup, res.final.delta
-
-    def g(x, m):
-        theta = spec.unpack(x)
-        return micro_moments(theta, setup.market, deltas_at_solution(theta, setup, delta), m)
-
-    x = jnp.asarray(res.final.theta)
-    reference, jac = g(x, dense), jax.jacrev(g)(x, dense)
-    cov = part_covariances(spec.unpack(x), setup.market, delta, dense)
-    for m in (micro, values_only, gathered):
-        np.testing.assert_allclose(g(x, m), reference, rtol=1e-13)
-        np.testing.assert_allclose(jax.jacrev(g)(x, m), jac, rtol=1e-11, atol=1e-14)
-        np.testing.assert_allclose(
-            part_covariances(spec.unpack(x), setup.market, delta, m), cov, rtol=1e-11, atol=1e-16
+    def variant(dense_values: bool):
+        datasets = tuple(
+            DatasetMarket(weights=ds.dense_weights(), values=ds.dense_values())
+            if dense_values
+            else DatasetMarket(weights=ds.dense_weights(), a=ds.a, b=ds.b)
+            for ds in micro.datasets
         )
+        specs = tuple(
+            dataclasses.replace(s, factored_weights=False, factored_values=not dense_values) for s in micro.specs
+        )
+        return dataclasses.replace(micro, datasets=datasets, specs=specs)
+
+    res = results_at(problem, petrin.SIGMA, petrin.PI, contraction=ContractionConfig(tol=TOL))
+    x, delta, M = jnp.asarray(res.final.theta), res.final.delta, problem.setup.M
+    conc = Concentration.build_host(problem.setup.ZX_all(host=True), np.eye(M + micro.MM))
+
+    def statistics(m):
+        engine = problem.engine(res.spec, ContractionConfig(tol=TOL), micro=m)
+        return engine.statistics(x, delta, conc, StatisticsOptions())
+
+    reference = statistics(variant(True))
+    for m in (micro, variant(False)):
+        out = statistics(m)
+        np.testing.assert_allclose(out.micro_values, reference.micro_values, rtol=1e-13)
+        G, G_ref = np.asarray(out.moments_jacobian)[M:], np.asarray(reference.moments_jacobian)[M:]
+        np.testing.assert_allclose(G, G_ref, rtol=1e-11, atol=1e-14)
+        np.testing.assert_allclose(out.micro_covariances, reference.micro_covariances, rtol=1e-11, atol=1e-16)
 
 
 @pytest.mark.parametrize("firms_per_market", [3, 9])
@@ -261,7 +268,6 @@ def test_markup_jvp_rule_matches_dense_autodiff(firms_per_market):
     Random probabilities (with padded products), price derivatives, weights and ownership; 3 firms
     of 10 products takes the factored ownership product (X B) Bᵀ, 9 firms the dense X (B Bᵀ).
     """
-    from blpjax._supply import _bertrand_markups, _bertrand_parts, firm_membership
 
     rng = np.random.default_rng(firms_per_market)
     I, J = 7, 10
@@ -275,11 +281,11 @@ def test_markup_jvp_rule_matches_dense_autodiff(firms_per_market):
     w = jnp.asarray(rng.uniform(0.5, 1.5, size=I) / I)
 
     def dense(P, a, w):
-        capital_delta, s, _, _ = _bertrand_parts(P, a, w, firms, mask)
+        capital_delta, s, _, _ = bertrand_parts(P, a, w, firms, mask)
         return jnp.where(mask, jnp.linalg.solve(capital_delta, s), 0.0)
 
     def rule(P, a, w):
-        return _bertrand_markups(P, a, w, firms, mask)
+        return bertrand_markups(P, a, w, firms, mask)
 
     np.testing.assert_allclose(rule(P, a, w), dense(P, a, w), rtol=1e-13)
     tangents = tuple(jnp.asarray(rng.normal(size=x.shape)) for x in (P, a, w))
@@ -298,8 +304,6 @@ def test_markup_jvp_rule_matches_dense_autodiff(firms_per_market):
 
 def test_markup_derivatives_match_dense_path_in_a_market():
     """Through θ and δ in a real market: the JVP rule equals autodiff of the dense price Jacobian."""
-    from blpjax._implicit import Market
-    from blpjax._supply import markups, ownership_matrix
 
     products, agents = _subset(size=8)
     problem = petrin.blpjax_problem(products, agents)
@@ -326,7 +330,6 @@ def test_markup_derivatives_match_dense_path_in_a_market():
 
 def test_firm_membership_gives_the_ownership_matrix():
     """B Bᵀ from the vectorised per-market firm codes equals the same-firm matrix, padding excluded."""
-    from blpjax._supply import firm_membership, ownership_matrix
 
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 7, size=(30, 12))
@@ -340,28 +343,21 @@ def test_firm_membership_gives_the_ownership_matrix():
         np.testing.assert_array_equal(B[t] @ B[t].T, O)
 
 
-def test_shared_probabilities_equal_separate_ones(monkeypatch):
+def test_shared_probabilities_equal_separate_ones():
     """Supply side + micro moments share one set of choice probabilities per evaluation: same q and ∂q/∂θ."""
-    import blpjax._objective as objective_module
+    import dataclasses
 
     products, agents = _subset(size=10)
     problem = petrin.blpjax_problem(products, agents)
-    micro, _ = problem.build_micro(petrin.blpjax_micro_moments())
     config = ContractionConfig(tol=TOL)
     res = results_at(problem, petrin.SIGMA, petrin.PI, contraction=config, micro_moments=petrin.blpjax_micro_moments())
-    spec, setup = res.spec, problem.setup
-    conc = Concentration.build_host(setup.ZX_all(host=True), res.W)
+    conc = Concentration.build_host(problem.setup.ZX_all(host=True), res.W)
     x = jnp.asarray(res.final.theta)
-
-    def value_and_grad():
-        def q(y):
-            return objective_module.objective(spec.unpack(y), setup, conc, res.final.delta, config, micro)[0]
-
-        return jax.value_and_grad(q)(x)
-
-    assert objective_module.shared_probabilities(spec.unpack(x), setup, res.final.delta, micro) is not None
-    shared = value_and_grad()
-    monkeypatch.setattr(objective_module, "shared_probabilities", lambda *args: None)
-    separate = value_and_grad()
-    np.testing.assert_allclose(shared[0], separate[0], rtol=1e-12)
-    np.testing.assert_allclose(shared[1], separate[1], rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(separate[1]))))
+    shared = res.engine
+    assert shared.work.statics.share_probabilities
+    work = dataclasses.replace(shared.work, statics=dataclasses.replace(shared.work.statics, share_probabilities=False))
+    separate = dataclasses.replace(shared, work=work)
+    q_shared, g_shared = shared.value_and_grad(x, res.final.delta, conc)[:2]
+    q_separate, g_separate = separate.value_and_grad(x, res.final.delta, conc)[:2]
+    np.testing.assert_allclose(q_shared, q_separate, rtol=1e-12)
+    np.testing.assert_allclose(g_shared, g_separate, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(g_separate))))

@@ -1,0 +1,330 @@
+"""The public entry point: :class:`Problem` (data + specification) and its ``solve``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import scipy.linalg
+
+from .._base.config import check_x64
+from .._base.errors import BLPEstimationError, BLPSpecificationError
+from .._engine.gmm import SE_TYPES, check_weighting_matrix, symmetric_inverse_host
+from .._engine.setup import Setup
+from .._estimation.driver import run_steps
+from .._estimation.optimize import OptaxOptimizer, ScipyOptimizer
+from .._estimation.programs import Engine
+from .._inversion.contraction import ContractionConfig
+from .._layouts.scaleout import ScaleOut, make_layout
+from .._model.integration import Integration
+from .._model.logit import logit_delta
+from .._model.params import build_parameters
+from .._supply.bertrand import build_supply_setup
+from .data import Specification, build_agents, build_products
+from .micro_data import MicroMoment, build_micro, market_views
+from .results import Results
+from .summary import format_problem
+from .supply_data import build_supply_arrays
+
+
+class Problem:
+    """A demand estimation problem: PyBLP-convention data and a specification by column names.
+
+    Args:
+        product_data: one row per product and market (``market_ids``, ``shares``, ``prices``,
+            ``demand_instruments0``..., characteristics; optional ``product_ids``, ``firm_ids``,
+            ``nesting_ids`` (makes the model nested), ``clustering_ids``).
+        linear: columns of X1 (mean utility); ``"1"`` is the constant. ``prices`` is endogenous,
+            every other X1 column is its own instrument.
+        nonlinear: columns of X2 (random coefficients / demographic interactions).
+        absorb: columns whose fixed effects are absorbed (e.g. ``("market_ids", "product_ids")``).
+        agent_data: ``market_ids``, ``weights``, ``nodes0``.. and demographics.
+        demographics: demographic columns of ``agent_data`` (columns of Π).
+        integration: an :class:`Integration` rule to build nodes instead of ``nodes*`` columns.
+        rho_by_nest: one ρ per nest instead of one shared ρ.
+        costs: columns of X3 (marginal-cost characteristics; ``"1"`` is the constant). Non-empty adds
+            a Bertrand–Nash supply side: needs ``firm_ids`` and ``supply_instruments0``..; the X3
+            columns are their own instruments. Prices must enter utility through X2 only.
+        costs_type: ``"linear"`` (c = X3γ + ω) or ``"log"`` (log c = X3γ + ω).
+        price_derivatives: ∂column/∂price of X1/X2 columns other than ``prices`` (a number, or a
+            column name for interactions), e.g. ``{"neg_prices": -1}`` for a column of −prices.
+        devices: spread markets over devices: ``None`` (default device), an int n (the first n of
+            ``jax.devices()``, all hosts after ``jax.distributed.initialize()``) or a list of devices.
+        buckets: solve markets in at most this many (J, I) size classes (``"auto"``: up to 8), one
+            program each, instead of padding all to the largest market. Not with ``devices``.
+        market_batch_size: solve and differentiate this many markets at a time (bounds memory).
+            See README "Large problems"; estimates equal the default path's to rounding.
+
+    Example:
+        >>> problem = Problem(df, linear=("prices",), absorb=("market_ids", "product_ids"))
+        >>> results = problem.solve(method="1s")
+    """
+
+    def __init__(
+        self,
+        product_data: pd.DataFrame,
+        linear: Sequence[str] = ("1", "prices"),
+        nonlinear: Sequence[str] = (),
+        absorb: Sequence[str] = (),
+        agent_data: pd.DataFrame | None = None,
+        demographics: Sequence[str] = (),
+        integration: Integration | None = None,
+        rho_by_nest: bool = False,
+        costs: Sequence[str] = (),
+        costs_type: str = "linear",
+        price_derivatives: dict | None = None,
+        devices=None,
+        buckets: int | str | None = None,
+        market_batch_size: int | None = None,
+    ):
+        check_x64()
+        for name, v in (
+            ("linear", linear),
+            ("nonlinear", nonlinear),
+            ("absorb", absorb),
+            ("demographics", demographics),
+            ("costs", costs),
+        ):
+            if isinstance(v, str):
+                raise BLPSpecificationError(f"{name} must be a sequence of column names, not the string {v!r}.")
+        self.linear, self.nonlinear = tuple(linear), tuple(nonlinear)
+        self.absorb, self.demographics = tuple(absorb), tuple(demographics)
+        self.rho_by_nest = rho_by_nest
+        self.product_data = product_data
+        self.products, self.index = build_products(product_data, self.linear, self.nonlinear, self.absorb)
+        self.agents = build_agents(agent_data, self.index, len(self.nonlinear), self.demographics, integration)
+        self.costs, self.costs_type = tuple(costs), costs_type
+        supply = None
+        if self.costs:
+            arrays = build_supply_arrays(product_data, self.index, self.costs, costs_type, price_derivatives)
+            self.zs_names = arrays["zs_names"]
+            supply = build_supply_setup(self.products, arrays, costs_type)
+        self.setup = Setup.build(self.products, self.agents, supply)
+        self.specification = Specification(
+            self.linear,
+            self.nonlinear,
+            self.absorb,
+            self.demographics,
+            self.costs,
+            costs_type,
+            self.zs_names if self.costs else (),
+            rho_by_nest,
+        )
+        self.scale = ScaleOut(devices, buckets, market_batch_size)  # validated here, before any numerics
+        self._layout_cache: dict = {}  # (scale, micro) -> the layout and its prepared arrays
+        self.agent_data = agent_data
+        self._views = None
+        self._micro_cache: dict[tuple, tuple] = {}  # MicroMoment objects (frozen, by identity) -> build_micro
+
+    def __repr__(self) -> str:
+        return format_problem(self)
+
+    def micro_market_views(self):
+        """Every market as the :class:`MicroMarket` that micro weights/values functions receive (batched)."""
+        if self._views is None:
+            self._views = market_views(self.products, self.agents, self.index, self.product_data, self.agent_data)
+        return self._views
+
+    def build_micro(self, micro_moments: Sequence[MicroMoment]):
+        """Validate micro moments and evaluate their weights and values once per problem.
+
+        The evaluated arrays are kept for the same (frozen) :class:`MicroMoment` objects, so a
+        re-solve with other starting values or options does not evaluate them again; weights and
+        values functions must not depend on anything but the market they receive.
+        """
+        key = (micro_moments,) if isinstance(micro_moments, MicroMoment) else tuple(micro_moments)
+        built = self._micro_cache.get(key)
+        if built is None:
+            built = build_micro(micro_moments, self.micro_market_views(), self.index)
+            if len(self._micro_cache) >= 4:
+                self._micro_cache.pop(next(iter(self._micro_cache)))
+            self._micro_cache[key] = built
+        return built
+
+    def engine(self, spec, config: ContractionConfig, setup: Setup | None = None, micro=None) -> Engine:
+        """The problem laid out for evaluation on ``self.scale``'s layout (:class:`._estimate.Engine`).
+
+        The layout's market arrays are prepared once per (layout, micro moments) and reused.
+        """
+        setup = self.setup if setup is None else setup
+        key = (self.scale, id(micro))
+        cached = self._layout_cache.get(key)
+        if cached is None or cached[2] is not micro:
+            layout = make_layout(self.scale, setup.mask, setup.market.weights)
+            engine = Engine.build(layout, spec, config, setup, self.products, micro)
+            if len(self._layout_cache) >= 4:
+                self._layout_cache.pop(next(iter(self._layout_cache)))
+            self._layout_cache[key] = (layout, engine.ldata, micro, engine.micro, engine.products)
+            return engine
+        layout, ldata, _, reduction, products = cached
+        return Engine.build(layout, spec, config, setup, self.products, micro, prepared=(ldata, reduction, products))
+
+    def parameter_spec(self, sigma=None, pi=None, rho=None, sigma_bounds=None, pi_bounds=None, rho_bounds=None):
+        """The free nonlinear parameters of this specification (a :class:`._params.ParameterSpec`)."""
+        return build_parameters(
+            self.nonlinear,
+            self.demographics,
+            self.products.n_nests,
+            sigma,
+            pi,
+            rho,
+            sigma_bounds,
+            pi_bounds,
+            rho_bounds,
+            self.rho_by_nest,
+            list(self.index.nest_labels),
+        )
+
+    @property
+    def supply(self) -> bool:
+        """Whether the problem has a supply side."""
+        return self.setup.supply is not None
+
+    @property
+    def N(self) -> int:
+        return self.products.n_products
+
+    @property
+    def T(self) -> int:
+        return self.products.T
+
+    @property
+    def nested(self) -> bool:
+        return self.products.n_nests > 0
+
+    def logit_delta(self) -> jnp.ndarray:
+        """The plain-logit inversion log s_j − log s_0 (PyBLP's default starting δ), (T, J), 0 on padding.
+
+        Computed in NumPy (host-side set-up: no XLA program to compile for it).
+        """
+        return jnp.asarray(logit_delta(np.asarray(self.products.shares), np.asarray(self.products.mask), xp=np))
+
+    def solve(
+        self,
+        sigma=None,
+        pi=None,
+        rho=None,
+        *,
+        method: str = "2s",
+        W=None,
+        se_type: str = "robust",
+        W_type: str = "robust",
+        optimizer: ScipyOptimizer | OptaxOptimizer | None = None,
+        contraction: ContractionConfig | None = None,
+        sigma_bounds=None,
+        pi_bounds=None,
+        rho_bounds=None,
+        delta=None,
+        micro_moments: Sequence[MicroMoment] | None = None,
+        costs_bounds: tuple[float | None, float | None] | None = None,
+        throw: bool = True,
+    ) -> Results:
+        """Estimate by one-step (``"1s"``) or two-step (``"2s"``) GMM.
+
+        Args:
+            sigma, pi, rho: starting values (zeros are fixed at zero, as in PyBLP).
+            method: ``"1s"`` or ``"2s"``.
+            W: initial weighting matrix; default (Z̃'Z̃/N)⁻¹ (2SLS).
+            se_type / W_type: ``"robust"``, ``"unadjusted"`` or ``"clustered"`` (needs
+                ``clustering_ids``) for standard errors / the updated weighting matrix.
+            optimizer: default ``ScipyOptimizer()`` (BFGS without bounds, L-BFGS-B with them; gtol 1e-8).
+            contraction: default ``ContractionConfig()`` (SQUAREM, tol 1e-14).
+            sigma_bounds, pi_bounds, rho_bounds: ``(lower, upper)`` like the parameters.
+            delta: starting mean utilities (default: the logit inversion).
+            micro_moments: :class:`MicroMoment` s stacked with the product moments. Without ``W``, an
+                initial update at the starting values sets W (as PyBLP).
+            costs_bounds: ``(lower, upper)`` to clip marginal costs to (e.g. ``(1e-3, None)`` with log
+                costs); clipped counts are reported.
+            throw: raise :class:`BLPEstimationError` when the estimate is not converged (the default);
+                ``False`` returns the results with ``converged`` False and the reasons in ``message``.
+
+        Raises:
+            BLPSpecificationError: inconsistent parameters, too few moments, bad options.
+            BLPEstimationError: with ``throw=True``, when the optimiser failed, a share inversion failed, or
+                the objective, gradient, moments, estimates or standard errors are not finite (the error
+                says which, and carries the flagged results as ``error.results``).
+        """
+        check_x64()
+        if method not in ("1s", "2s"):
+            raise BLPSpecificationError("method must be '1s' or '2s'.")
+        if optimizer is not None and not isinstance(optimizer, ScipyOptimizer | OptaxOptimizer):
+            hint = f" (e.g. blpjax.ScipyOptimizer({optimizer!r}))" if isinstance(optimizer, str) else ""
+            raise BLPSpecificationError(
+                f"optimizer must be a blpjax.ScipyOptimizer or blpjax.OptaxOptimizer, not {type(optimizer).__name__}"
+                f"{hint}."
+            )
+        if contraction is not None and not isinstance(contraction, ContractionConfig):
+            raise BLPSpecificationError(
+                f"contraction must be a blpjax.ContractionConfig, not {type(contraction).__name__}."
+            )
+        if se_type not in SE_TYPES or W_type not in SE_TYPES:
+            raise BLPSpecificationError(f"se_type and W_type must be one of {SE_TYPES}, not {se_type!r} / {W_type!r}.")
+        if "clustered" in (se_type, W_type) and "clustering_ids" not in self.product_data.columns:
+            raise BLPSpecificationError("clustered standard errors need a 'clustering_ids' column in product_data.")
+        spec = self.parameter_spec(sigma, pi, rho, sigma_bounds, pi_bounds, rho_bounds)
+        setup = self.setup
+        if costs_bounds is not None:
+            if setup.supply is None:
+                raise BLPSpecificationError("costs_bounds needs a supply side (Problem(..., costs=[...])).")
+            lo, hi = costs_bounds
+            bounds = (-float("inf") if lo is None else float(lo), float("inf") if hi is None else float(hi))
+            setup = eqx.tree_at(lambda s: s.supply, setup, dataclasses.replace(setup.supply, costs_bounds=bounds))
+        K1, M = len(self.linear) + (setup.supply.K3 if setup.supply else 0), setup.M
+        micro, micro_labels = (None, None) if not micro_moments else self.build_micro(micro_moments)
+        MM = micro.MM if micro is not None else 0
+        if M + MM < K1 + spec.P:
+            raise BLPSpecificationError(
+                f"too few moments: {M} instruments (exogenous X1 columns + demand_instruments, and X3 columns + "
+                f"supply_instruments with a supply side) for {K1} linear and "
+                f"{spec.P} nonlinear parameters. Add excluded instruments (demand_instruments*)."
+            )
+        # host-side set-up in NumPy: small matrices, and no XLA program to compile per shape
+        ZD = np.asarray(setup.Z).reshape(-1, setup.Z.shape[-1])
+        W_2sls = symmetric_inverse_host(ZD.T @ ZD / self.N)
+        if setup.supply is not None:
+            ZS = np.asarray(setup.supply.ZS).reshape(-1, setup.supply.MS)
+            W_2sls = scipy.linalg.block_diag(W_2sls, symmetric_inverse_host(ZS.T @ ZS / self.N))
+        if W is None:
+            W = None if micro is not None else W_2sls
+        else:
+            W = check_weighting_matrix(W, M + MM)
+        if delta is None:
+            delta0 = self.logit_delta()
+        elif isinstance(delta, pd.Series) or np.ndim(delta) == 1:  # per product row (a Series by its index)
+            delta0 = jnp.asarray(self.index.padded(self.index.aligned(delta, "delta")))
+        else:
+            delta0 = jnp.asarray(delta, jnp.float64)
+            if delta0.shape != self.setup.mask.shape:
+                raise BLPSpecificationError(
+                    f"delta must have one value per product row ({self.N},) or the padded shape "
+                    f"{self.setup.mask.shape}, not {delta0.shape}."
+                )
+        config = contraction or ContractionConfig()
+        engine = self.engine(spec, config, setup, micro)
+        steps = run_steps(
+            engine,
+            spec.x0,
+            delta0,
+            W=W,
+            initial_W=W_2sls,
+            steps=1 if method == "1s" else 2,
+            se_type=se_type,
+            W_type=W_type,
+            optimizer=optimizer or ScipyOptimizer(),
+            lower=spec.lower,
+            upper=spec.upper,
+            host=True,
+            MM=MM,
+        )
+        results = Results(self, spec, steps, config, micro, micro_labels, setup, engine)
+        if throw and not results.converged:
+            raise BLPEstimationError(
+                f"the estimation did not converge: {results.message}. Pass throw=False to get the flagged results "
+                "(results.converged is False and results.message says why).",
+                results,
+            )
+        return results

@@ -1,0 +1,1 @@
+"""Mean utilities δ(θ): fixed-point solvers and the implicit-function-theorem derivative."""

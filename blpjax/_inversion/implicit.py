@@ -1,0 +1,191 @@
+"""Mean utilities δ(θ) for one market: contraction forward, implicit function theorem backward.
+
+:func:`solve_delta` runs the accelerated contraction (:mod:`._contraction`) in its primal and
+carries a JVP rule from the implicit function theorem on F(δ, θ) = log s(δ, θ) − log S = 0:
+
+    dδ = −(∂F/∂δ)⁻¹ (∂F/∂θ dθ),
+
+one J×J LU factorisation per market (never a solve over all markets' δ). Because it is a JVP
+rule, ``jax.jvp``/``jax.jacfwd`` use it directly and ``jax.grad``/``jax.jacrev`` transpose it.
+Without nesting the rule is written in closed form from the choice probabilities P at δ
+(∂ log s/∂δ = I − diag(1/s) Pᵀ diag(w) P, and ∂ log s/∂μ weighted by P), with a symmetric solve
+so that the transpose reuses the factorisation; nested models use the generic rule (a JVP of the
+log-space shares). Tangents of data (X2, nodes, demographics, weights, shares) are honoured too;
+symbolic zeros are skipped, so differentiating with respect to θ alone costs nothing for the data.
+
+:func:`solve_delta_unrolled` differentiates through a fixed number of plain contraction steps
+instead; it exists to test the implicit rule.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jax.custom_derivatives import SymbolicZero
+from jaxtyping import Array, Float
+
+from .._model.market import Market, Theta, market_log_shares, market_mu
+from .._model.shares import FactoredMarket
+from .contraction import ContractionConfig, FixedPoint, fixed_point
+
+
+def contraction_map(theta: Theta, market: Market):
+    """The map δ ↦ δ + (1 − ρ)(log S − log s(δ)) with θ-only work (exp(μ)) hoisted out."""
+    mask, log_S = market.mask, market.log_shares
+    if theta.nested:
+        damp = 1.0 - theta.rho[market.nest_ids]
+
+        def g(delta):
+            new = delta + damp * (log_S - market_log_shares(delta, theta, market))
+            return jnp.where(mask, new, delta)
+
+        return g
+    fm = FactoredMarket.build(market_mu(theta, market), market.weights, mask)
+    # FactoredMarket.log_shares_shifted with exp(−m) hoisted out of the loop and the J + 1 exponentials
+    # of a step in one vector (one exponential kernel per step: faster, and less code to compile)
+    exp_neg_m = jnp.exp(-fm.m)
+
+    def g(delta):
+        c = jnp.max(jnp.where(mask, delta, -jnp.inf))
+        ex = jnp.exp(jnp.concatenate([jnp.where(mask, delta - c, -jnp.inf), -c[None]]))
+        denominators = exp_neg_m * ex[-1] + fm.E @ ex[:-1]
+        inner = fm.E.T @ (fm.weights / denominators)
+        return jnp.where(mask, log_S + c - jnp.log(jnp.maximum(inner, 1e-300)), delta)
+
+    return g
+
+
+def _log_share_jacobian(delta, theta: Theta, market: Market) -> Float[Array, "J J"]:
+    """∂ log s/∂δ at δ (any model, by forward differentiation), with identity rows/columns on padded products."""
+    mask = market.mask
+    A = jax.jacfwd(lambda d: market_log_shares(d, theta, market))(delta)
+    both = mask[:, None] & mask[None, :]
+    return jnp.where(both, A, jnp.eye(delta.shape[0]))
+
+
+@eqx.filter_custom_jvp
+def _solve(theta: Theta, market: Market, delta0: Array, config: ContractionConfig) -> FixedPoint:
+    return fixed_point(contraction_map(theta, market), delta0, market.mask, config)
+
+
+def _is_zero(t):
+    return t is None or isinstance(t, SymbolicZero)
+
+
+def _ift_tangent(delta, theta: Theta, market: Market, t_theta, t_market):
+    """dδ = −(∂F/∂δ)⁻¹ (∂F/∂(θ, data) · tangents) at the solution δ (symbolic zeros skipped)."""
+    leaves, treedef = jax.tree_util.tree_flatten((theta, market))
+    t_leaves = jax.tree_util.tree_leaves((t_theta, t_market), is_leaf=_is_zero)
+    # eqx.filter_custom_jvp gives None for non-differentiated leaves
+    active = [
+        i for i, t in enumerate(t_leaves) if not _is_zero(t) and jnp.issubdtype(jnp.result_type(leaves[i]), jnp.inexact)
+    ]
+    if not active:
+        return jnp.zeros_like(delta)
+
+    def jvp(fn, which):
+        """Tangent of fn(θ, market) along the tangents of the leaves ``which`` (the others held fixed)."""
+
+        def f(*xs):
+            full = list(leaves)
+            for i, x in zip(which, xs, strict=True):
+                full[i] = x
+            return fn(*jax.tree_util.tree_unflatten(treedef, full))
+
+        return jax.jvp(f, [leaves[i] for i in which], [t_leaves[i] for i in which])[1]
+
+    if theta.nested:
+        return _ift_tangent_generic(delta, theta, market, jvp, active)
+    index = jax.tree_util.tree_unflatten(treedef, list(range(len(leaves))))[1]  # positions of market's leaves
+    t_weights = t_leaves[index.weights] if index.weights in active else None
+    t_log_shares = t_leaves[index.log_shares] if index.log_shares in active else None
+    through_mu = [i for i in active if i not in (index.weights, index.log_shares)]
+    t_mu = jvp(market_mu, through_mu) if through_mu else None
+    return _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares)
+
+
+def _ift_tangent_generic(delta, theta, market, jvp, active):
+    """Any model: a JVP of the log-space shares and a J×J LU solve with their δ-Jacobian."""
+    b = jvp(lambda th, mk: market_log_shares(delta, th, mk) - mk.log_shares, active)
+    b = jnp.where(market.mask, b, 0.0)
+    lu = jsl.lu_factor(_log_share_jacobian(delta, theta, market))
+    return -jsl.lu_solve(lu, b)
+
+
+def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares):
+    """Models without nesting, in closed form from the choice probabilities P (I×J) at δ.
+
+    With s = Pᵀw, multiplying F = log s − log S = 0 through by diag(s) gives
+    H dδ = −(ds − s ⊙ d log S) with H = diag(s) − Pᵀ diag(w) P = diag(s) ∂ log s/∂δ (symmetric) and
+    ds_j = Σ_i w_i P_ij (dμ_ij − Σ_k P_ik dμ_ik) + Σ_i dw_i P_ij. Tangents of θ, X2, nodes and
+    demographics enter through dμ only (a JVP of the linear map to μ), so no derivative of the shares
+    is traced, and the symmetric solve lets reverse mode reuse the same factorisation untransposed.
+    """
+    mask = market.mask
+    P = FactoredMarket.build(market_mu(theta, market), market.weights, mask).probabilities(delta)  # (I, J)
+    wP = market.weights[:, None] * P
+    s = jnp.sum(wP, axis=0)
+    rhs = jnp.zeros_like(delta)
+    if t_mu is not None:
+        t_mu = jnp.where(mask[None, :], t_mu, 0.0)
+        rhs = rhs + jnp.sum(wP * (t_mu - jnp.sum(P * t_mu, axis=1, keepdims=True)), axis=0)
+    if t_weights is not None:
+        rhs = rhs + t_weights @ P
+    if t_log_shares is not None:
+        rhs = rhs - s * t_log_shares
+    rhs = jnp.where(mask, rhs, 0.0)
+    H = jnp.where(mask[:, None] & mask[None, :], jnp.diag(s) - wP.T @ P, jnp.eye(delta.shape[0], dtype=delta.dtype))
+    # the factorisation is not differentiated: custom_linear_solve differentiates through H @ v instead
+    # H is symmetric positive definite (a multinomial covariance with an outside good; identity on
+    # padding): a Cholesky factorisation, cheaper than LU and without pivoting
+    chol = jsl.cho_factor(jax.lax.stop_gradient(H), lower=True)
+    return -jax.lax.custom_linear_solve(lambda v: H @ v, rhs, lambda _, r: jsl.cho_solve(chol, r), symmetric=True)
+
+
+@_solve.def_jvp
+def _solve_jvp(primals, tangents):
+    theta, market, delta0, config = primals
+    out = _solve(theta, market, delta0, config)
+    t_delta = _ift_tangent(out.x, theta, market, tangents[0], tangents[1])
+    return out, FixedPoint(t_delta, None, None)  # type: ignore[arg-type]
+
+
+@eqx.filter_custom_jvp
+def _pinned(theta: Theta, market: Market, delta: Array) -> Array:
+    return delta
+
+
+@_pinned.def_jvp
+def _pinned_jvp(primals, tangents):
+    theta, market, delta = primals
+    return delta, _ift_tangent(delta, theta, market, tangents[0], tangents[1])
+
+
+def delta_at_solution(theta: Theta, market: Market, delta: Array) -> Array:
+    """δ already solved at θ, carrying the first-order implicit derivative dδ/dθ.
+
+    Cheaper than :func:`solve_delta` for first derivatives at a known solution (no contraction
+    is traced). First order only: the tangent holds δ fixed, so do not nest derivatives.
+    """
+    return _pinned(theta, market, jax.lax.stop_gradient(delta))
+
+
+def solve_delta(theta: Theta, market: Market, delta0: Array, config: ContractionConfig) -> FixedPoint:
+    """δ(θ) for one market with an implicit-function-theorem derivative.
+
+    ``delta0`` is a warm start only: it carries no derivative.
+    """
+    return _solve(theta, market, jax.lax.stop_gradient(delta0), config)
+
+
+def solve_delta_unrolled(theta: Theta, market: Market, delta0: Array, steps: int) -> Array:
+    """δ after ``steps`` plain contraction steps, differentiated by unrolling (for tests)."""
+    mask, log_S = market.mask, market.log_shares
+    damp = 1.0 - theta.rho[market.nest_ids] if theta.nested else 1.0
+
+    def body(_, d):
+        return jnp.where(mask, d + damp * (log_S - market_log_shares(d, theta, market)), d)
+
+    return jax.lax.fori_loop(0, steps, body, jnp.where(mask, delta0, 0.0))

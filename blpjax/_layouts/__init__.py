@@ -1,0 +1,1 @@
+"""Layouts: how markets are batched (vmap, chunks, size buckets, devices) around the one engine."""

@@ -1,0 +1,47 @@
+"""The model's parameters and one market's data: :class:`Theta`, :class:`Market`, μ and log shares.
+
+Utility u_ij = δ_j + μ_ij + ε_ij with μ_ij = x_j'(Σν_i + Πd_i) (see :mod:`.shares`); θ = (Σ, Π, ρ).
+Every per-market function of blpjax takes a :class:`Market` (fields gain a leading T axis when
+batched) and a :class:`Theta`.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+from jaxtyping import Array, Bool, Float, Int
+
+from .shares import log_shares, mu
+
+
+class Theta(eqx.Module):
+    """Nonlinear parameters in matrix form: Σ (K2×K2, lower triangular), Π (K2×D), ρ (H,)."""
+
+    sigma: Float[Array, "K2 K2"]
+    pi: Float[Array, "K2 D"]
+    rho: Float[Array, " H"]
+
+    @property
+    def nested(self) -> bool:
+        return self.rho.shape[0] > 0
+
+
+class Market(eqx.Module):
+    """One market's data for the share inversion (fields gain a leading T axis when batched)."""
+
+    X2: Float[Array, "J K2"]
+    nodes: Float[Array, "I K2"]
+    demographics: Float[Array, "I D"]
+    weights: Float[Array, " I"]
+    log_shares: Float[Array, " J"]
+    mask: Bool[Array, " J"]
+    nest_ids: Int[Array, " J"]
+
+
+def market_mu(theta: Theta, market: Market) -> Float[Array, "I J"]:
+    return mu(market.X2, theta.sigma, theta.pi, market.nodes, market.demographics)
+
+
+def market_log_shares(delta, theta: Theta, market: Market):
+    """log s(δ, θ) of one market, in log space (all models)."""
+    rho = theta.rho if theta.nested else None
+    return log_shares(delta, market_mu(theta, market), market.weights, market.mask, market.nest_ids, rho)

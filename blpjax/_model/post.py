@@ -1,0 +1,88 @@
+"""Post-estimation for one market, batched over markets with ``vmap``: derivatives of shares
+with respect to a characteristic (by ``jax.jacfwd``, so every model gets them exactly),
+elasticities, diversion ratios, counterfactual shares with ξ held fixed, consumer surplus.
+
+A characteristic x enters utility through the linear part (coefficient β_x, if x is in X1) and
+through the nonlinear part (column of X2, if x is in X2); a change of x moves δ by β_x Δx and μ
+through X2. Conventions follow PyBLP: elasticity (j, k) = ∂log s_j/∂log x_k; diversion (j, k) =
+−(∂s_k/∂x_j)/(∂s_j/∂x_j) with the diversion to the outside good on the diagonal.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .market import Market, Theta
+from .shares import choice, mu, shares
+
+
+class Characteristic(eqx.Module):
+    """Where a characteristic enters utility: its linear coefficient and its X2 column (static)."""
+
+    beta: Array  # scalar (0 if not in X1)
+    x2_column: int = eqx.field(static=True, default=-1)
+
+
+def _shares_at(x_new, x_old, delta, theta: Theta, market: Market, ch: Characteristic):
+    d = delta + ch.beta * (x_new - x_old)
+    X2 = market.X2 if ch.x2_column < 0 else market.X2.at[:, ch.x2_column].set(x_new)
+    rho = theta.rho if theta.nested else None
+    return shares(
+        d,
+        mu(X2, theta.sigma, theta.pi, market.nodes, market.demographics),
+        market.weights,
+        market.mask,
+        market.nest_ids,
+        rho,
+    )
+
+
+def market_shares(x, delta, theta, market, ch):
+    """Shares at the estimated δ (x unchanged)."""
+    return _shares_at(x, x, delta, theta, market, ch)
+
+
+def counterfactual_shares(x_new, x, delta, theta, market, ch):
+    """Shares after x changes to ``x_new`` with ξ (hence δ − β_x x) held fixed."""
+    return _shares_at(x_new, x, delta, theta, market, ch)
+
+
+def share_jacobian(x, delta, theta, market, ch) -> Float[Array, "J J"]:
+    """∂s_j/∂x_k (zero on padding)."""
+    Jm = jax.jacfwd(_shares_at)(x, x, delta, theta, market, ch)
+    both = market.mask[:, None] & market.mask[None, :]
+    return jnp.where(both, Jm, 0.0)
+
+
+def elasticities(x, delta, theta, market, ch) -> Float[Array, "J J"]:
+    s = market_shares(x, delta, theta, market, ch)
+    Jm = share_jacobian(x, delta, theta, market, ch)
+    both = market.mask[:, None] & market.mask[None, :]
+    return jnp.where(both, Jm * x[None, :] / jnp.where(market.mask, s, 1.0)[:, None], 0.0)
+
+
+def diversion_ratios(x, delta, theta, market, ch) -> Float[Array, "J J"]:
+    Jm = share_jacobian(x, delta, theta, market, ch)
+    own = jnp.diag(Jm)
+    safe_own = jnp.where(market.mask, own, 1.0)
+    D = -Jm.T / safe_own[:, None]  # (j, k) = −∂s_k/∂x_j / ∂s_j/∂x_j
+    outside = jnp.sum(Jm, axis=0) / safe_own  # −∂s_0/∂x_j / ∂s_j/∂x_j with ∂s_0 = −Σ_k ∂s_k
+    J = x.shape[0]
+    D = jnp.where(jnp.eye(J, dtype=bool), outside[:, None], D)
+    both = market.mask[:, None] & market.mask[None, :]
+    return jnp.where(both, D, 0.0)
+
+
+def consumer_surplus(prices, delta, theta, market, price: Characteristic) -> Array:
+    """Σ_i w_i log(1 + Σ_j exp u_ij)/α_i with α_i = −∂u_ij/∂p_j (per capita, PyBLP's units)."""
+    rho = theta.rho if theta.nested else None
+    mu_ = mu(market.X2, theta.sigma, theta.pi, market.nodes, market.demographics)
+    _, lse = choice(delta, mu_, market.mask, market.nest_ids, rho)
+    alpha = -price.beta * jnp.ones_like(lse)
+    if price.x2_column >= 0:
+        coef = market.nodes @ theta.sigma.T + market.demographics @ theta.pi.T
+        alpha = alpha - coef[:, price.x2_column]
+    return jnp.sum(market.weights * lse / alpha)

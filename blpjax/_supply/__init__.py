@@ -1,0 +1,1 @@
+"""The supply side: Bertrand–Nash markups and marginal costs for one market."""
