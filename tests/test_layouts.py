@@ -32,8 +32,13 @@ LAYOUTS = {
 }
 FAST = {("demand", "both"), ("both", "both"), ("nested", "both"), ("both", "market_batch_size=3")}
 #: every model on buckets and chunks together, and the model with everything on each alone (a model-specific bug
-#: on one layout shows on the combined one too; the full grid of models × layouts is 2.5 minutes more on 2 cores)
-GRID = [(m, "both") for m in lp.MODELS] + [("both", "buckets=2"), ("both", "market_batch_size=3")]
+#: on one layout shows on the combined one too); BLPJAX_TEST_FULL_GRID=1 runs every model on every layout (2.5 minutes
+#: more on 2 cores, over the suite's budget)
+GRID = (
+    [(m, name) for m in lp.MODELS for name in LAYOUTS]
+    if os.environ.get("BLPJAX_TEST_FULL_GRID") == "1"
+    else [(m, "both") for m in lp.MODELS] + [("both", "buckets=2"), ("both", "market_batch_size=3")]
+)
 
 
 def at_fixed_theta(model: str, seed: int = 3, **layout) -> dict:
@@ -86,7 +91,12 @@ def test_every_layout_equals_padded_at_fixed_theta(padded, model, layout):
     assert_same(at_fixed_theta(model, **LAYOUTS[layout]), padded(model), f"{model} on {layout}")
 
 
-@pytest.mark.parametrize("model", ["both", pytest.param("nested", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "model",
+    lp.MODELS
+    if os.environ.get("BLPJAX_TEST_FULL_GRID") == "1"
+    else ["both", pytest.param("nested", marks=pytest.mark.slow)],
+)
 def test_vmapped_replications_equal_a_loop_at_fixed_theta(model):
     """R = 3 problems stacked on a replication axis: one vmapped evaluation ≡ each problem's own."""
     problems, moments, shared = [], [], None  # one list of MicroMoment for every replication (same functions)
@@ -119,7 +129,7 @@ def estimates(results) -> np.ndarray:
     return np.r_[results.parameters["estimate"].to_numpy(), results.parameters["se"].to_numpy(), results.objective]
 
 
-@pytest.mark.parametrize("layout", ["both"])  # buckets and chunks; devices: the subprocess test below
+@pytest.mark.parametrize("layout", list(LAYOUTS) if os.environ.get("BLPJAX_TEST_FULL_GRID") == "1" else ["both"])
 def test_estimating_on_a_layout_gives_the_padded_estimates(layout):
     """Supply side and micro moments, two-step GMM with the initial update, BFGS: the same estimates."""
     optimizer = blpjax.ScipyOptimizer("bfgs", gtol=1e-9)
