@@ -23,6 +23,9 @@ from ._front.micro_data import MicroMoment as MicroMoment
 from ._front.micro_data import MicroPart as MicroPart
 from ._front.montecarlo import MonteCarlo as MonteCarlo
 from ._front.montecarlo import monte_carlo as monte_carlo
+from ._front.objective import Objective as Objective
+from ._front.objective import ObjectiveAux as ObjectiveAux
+from ._front.objective import ObjectiveState as ObjectiveState
 from ._front.problem import Problem as Problem
 from ._front.results import Results as Results
 from ._front.simulate import SimulationConfig as SimulationConfig
@@ -56,6 +59,9 @@ __all__ = [
     "MicroMoment",
     "MicroPart",
     "MonteCarlo",
+    "Objective",
+    "ObjectiveAux",
+    "ObjectiveState",
     "OptaxOptimizer",
     "Problem",
     "Products",

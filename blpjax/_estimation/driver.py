@@ -185,6 +185,24 @@ def _concentration(engine: Engine, W, host: bool) -> Concentration:
     return Concentration.build(engine.products.ZX, W)
 
 
+def initial_update(
+    engine: Engine, x0, delta0, initial_W, MM: int, se_type: str, W_type: str, host: bool, statistics=None
+):
+    """The first step's W without a user W: ``initial_W`` (2SLS) with micro moments absent; with ``MM`` micro
+    moments (as PyBLP) the inverse of all moments' covariances evaluated at the starting values with ``initial_W``
+    on the product block. Returns (W, δ at the starting values, or ``delta0`` without micro moments)."""
+    xp = np if host else jnp
+    block_diag = scipy.linalg.block_diag if host else jax.scipy.linalg.block_diag
+    W = block_diag(xp.asarray(initial_W), xp.zeros((MM, MM)))
+    if not MM:
+        return W, delta0
+    statistics = statistics or (lambda x, delta, conc, options: engine.statistics(xp.asarray(x), delta, conc, options))
+    conc = _concentration(engine, W, host)
+    _, _, ev, _ = engine.value_and_grad(xp.asarray(x0), delta0, conc)
+    stats = statistics(x0, ev.delta, conc, StatisticsOptions(se_type, W_type, False))
+    return stats.updated_W, ev.delta
+
+
 def run_steps(
     engine: Engine,
     x0,
@@ -231,16 +249,7 @@ def run_steps(
 
     try:
         if W is None:
-            W = (
-                scipy.linalg.block_diag(np.asarray(initial_W), np.zeros((MM, MM)))
-                if host
-                else jax.scipy.linalg.block_diag(initial_W, jnp.zeros((MM, MM)))
-            )
-            if MM:
-                conc = _concentration(engine, W, host)
-                _, _, ev, _ = engine.value_and_grad(xp.asarray(x0), delta0, conc)
-                stats = statistics(x0, ev.delta, conc, StatisticsOptions(se_type, W_type, False))
-                W, delta0 = stats.updated_W, ev.delta
+            W, delta0 = initial_update(engine, x0, delta0, initial_W, MM, se_type, W_type, host, statistics)
 
         def one_step(step: int, x, delta0, W) -> StepResult:
             t0 = time.perf_counter()
@@ -330,4 +339,4 @@ def run_steps(
                 future.result()
 
 
-__all__ = ["OptimizerReport", "StepResult", "optimize", "run_steps"]
+__all__ = ["OptimizerReport", "StepResult", "initial_update", "optimize", "run_steps"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -13,22 +14,37 @@ import scipy.linalg
 
 from .._base.config import check_x64
 from .._base.errors import BLPEstimationError, BLPSpecificationError
-from .._engine.gmm import SE_TYPES, check_weighting_matrix, symmetric_inverse_host
+from .._engine.gmm import SE_TYPES, Concentration, check_weighting_matrix, symmetric_inverse_host
 from .._engine.setup import Setup
-from .._estimation.driver import run_steps
+from .._estimation.driver import initial_update, run_steps
 from .._estimation.optimize import OptaxOptimizer, ScipyOptimizer
-from .._estimation.programs import Engine
+from .._estimation.programs import Engine, gather
 from .._inversion.contraction import ContractionConfig
 from .._layouts.scaleout import ScaleOut, make_layout
+from .._micro.core import MicroSetup
 from .._model.integration import Integration
 from .._model.logit import logit_delta
-from .._model.params import build_parameters
+from .._model.params import ParameterSpec, build_parameters
 from .._supply.bertrand import build_supply_setup
 from .data import Specification, build_agents, build_products
 from .micro_data import MicroMoment, build_micro, market_views
+from .objective import Objective
 from .results import Results
 from .summary import format_problem
 from .supply_data import build_supply_arrays
+
+
+class _Prepared(NamedTuple):
+    spec: ParameterSpec
+    setup: Setup
+    micro: MicroSetup | None
+    micro_labels: object
+    MM: int
+    W: np.ndarray | None
+    initial_W: np.ndarray
+    delta0: jnp.ndarray
+    config: ContractionConfig
+    engine: Engine
 
 
 class Problem:
@@ -203,60 +219,25 @@ class Problem:
         """
         return jnp.asarray(logit_delta(np.asarray(self.products.shares), np.asarray(self.products.mask), xp=np))
 
-    def solve(
+    def _prepare(
         self,
-        sigma=None,
-        pi=None,
-        rho=None,
-        *,
-        method: str = "2s",
-        W=None,
-        se_type: str = "robust",
-        W_type: str = "robust",
-        optimizer: ScipyOptimizer | OptaxOptimizer | None = None,
-        contraction: ContractionConfig | None = None,
-        sigma_bounds=None,
-        pi_bounds=None,
-        rho_bounds=None,
-        delta=None,
-        micro_moments: Sequence[MicroMoment] | None = None,
-        costs_bounds: tuple[float | None, float | None] | None = None,
-        throw: bool = True,
-    ) -> Results:
-        """Estimate by one-step (``"1s"``) or two-step (``"2s"``) GMM.
-
-        Args:
-            sigma, pi, rho: starting values (zeros are fixed at zero, as in PyBLP).
-            method: ``"1s"`` or ``"2s"``.
-            W: initial weighting matrix; default (Z̃'Z̃/N)⁻¹ (2SLS).
-            se_type / W_type: ``"robust"``, ``"unadjusted"`` or ``"clustered"`` (needs
-                ``clustering_ids``) for standard errors / the updated weighting matrix.
-            optimizer: default ``ScipyOptimizer()`` (BFGS without bounds, L-BFGS-B with them; gtol 1e-8).
-            contraction: default ``ContractionConfig()`` (SQUAREM, tol 1e-14).
-            sigma_bounds, pi_bounds, rho_bounds: ``(lower, upper)`` like the parameters.
-            delta: starting mean utilities (default: the logit inversion).
-            micro_moments: :class:`MicroMoment` s stacked with the product moments. Without ``W``, an
-                initial update at the starting values sets W (as PyBLP).
-            costs_bounds: ``(lower, upper)`` to clip marginal costs to (e.g. ``(1e-3, None)`` with log
-                costs); clipped counts are reported.
-            throw: raise :class:`BLPEstimationError` when the estimate is not converged (the default);
-                ``False`` returns the results with ``converged`` False and the reasons in ``message``.
-
-        Raises:
-            BLPSpecificationError: inconsistent parameters, too few moments, bad options.
-            BLPEstimationError: with ``throw=True``, when the optimiser failed, a share inversion failed, or
-                the objective, gradient, moments, estimates or standard errors are not finite (the error
-                says which, and carries the flagged results as ``error.results``).
-        """
+        sigma,
+        pi,
+        rho,
+        W,
+        se_type,
+        W_type,
+        contraction,
+        sigma_bounds,
+        pi_bounds,
+        rho_bounds,
+        delta,
+        micro_moments,
+        costs_bounds,
+    ) -> _Prepared:
+        """What a solve and an :class:`Objective` share: checked options, the parameter structure, the micro
+        moments, W (None: the initial update decides it), the starting δ and the engine (see :meth:`solve`)."""
         check_x64()
-        if method not in ("1s", "2s"):
-            raise BLPSpecificationError("method must be '1s' or '2s'.")
-        if optimizer is not None and not isinstance(optimizer, ScipyOptimizer | OptaxOptimizer):
-            hint = f" (e.g. blpjax.ScipyOptimizer({optimizer!r}))" if isinstance(optimizer, str) else ""
-            raise BLPSpecificationError(
-                f"optimizer must be a blpjax.ScipyOptimizer or blpjax.OptaxOptimizer, not {type(optimizer).__name__}"
-                f"{hint}."
-            )
         if contraction is not None and not isinstance(contraction, ContractionConfig):
             raise BLPSpecificationError(
                 f"contraction must be a blpjax.ContractionConfig, not {type(contraction).__name__}."
@@ -305,12 +286,147 @@ class Problem:
                 )
         config = contraction or ContractionConfig()
         engine = self.engine(spec, config, setup, micro)
+        return _Prepared(spec, setup, micro, micro_labels, MM, W, W_2sls, delta0, config, engine)
+
+    def objective(
+        self,
+        sigma=None,
+        pi=None,
+        rho=None,
+        *,
+        W=None,
+        se_type: str = "robust",
+        W_type: str = "robust",
+        contraction: ContractionConfig | None = None,
+        sigma_bounds=None,
+        pi_bounds=None,
+        rho_bounds=None,
+        delta=None,
+        micro_moments: Sequence[MicroMoment] | None = None,
+        costs_bounds: tuple[float | None, float | None] | None = None,
+    ) -> Objective:
+        """The GMM objective of one step as a pure JAX function q(x) of the free parameters (an :class:`Objective`),
+        for optimisers, derivatives and many starting points run by the caller.
+
+        Arguments as :meth:`solve`'s: ``sigma``, ``pi``, ``rho`` say which entries are free (and give ``obj.x0``);
+        W is ``W``, or the first step's W of :meth:`solve` (2SLS; with micro moments the initial update at the
+        starting values). ``se_type``, ``W_type`` and ``costs_bounds`` are those of ``obj.results(x)``.
+        """
+        prep = self._prepare(
+            sigma,
+            pi,
+            rho,
+            W,
+            se_type,
+            W_type,
+            contraction,
+            sigma_bounds,
+            pi_bounds,
+            rho_bounds,
+            delta,
+            micro_moments,
+            costs_bounds,
+        )
+        spec, engine = prep.spec, prep.engine
+        W = prep.W
+        if W is None:
+            W, _ = initial_update(engine, spec.x0, prep.delta0, prep.initial_W, prep.MM, se_type, W_type, host=True)
+        conc = Concentration.build_host(gather(engine.products.ZX), np.asarray(W))
+        options = (se_type, W_type, contraction, tuple(micro_moments) if micro_moments else None, costs_bounds)
+        return Objective(
+            engine,
+            conc,
+            prep.delta0,
+            jnp.asarray(spec.x0),
+            jnp.asarray(spec.lower),
+            jnp.asarray(spec.upper),
+            spec,
+            self,
+            options,
+        )
+
+    def solve(
+        self,
+        sigma=None,
+        pi=None,
+        rho=None,
+        *,
+        method: str = "2s",
+        W=None,
+        se_type: str = "robust",
+        W_type: str = "robust",
+        optimizer: ScipyOptimizer | OptaxOptimizer | None = None,
+        contraction: ContractionConfig | None = None,
+        sigma_bounds=None,
+        pi_bounds=None,
+        rho_bounds=None,
+        delta=None,
+        micro_moments: Sequence[MicroMoment] | None = None,
+        costs_bounds: tuple[float | None, float | None] | None = None,
+        throw: bool = True,
+    ) -> Results:
+        """Estimate by one-step (``"1s"``) or two-step (``"2s"``) GMM.
+
+        Args:
+            sigma, pi, rho: starting values (zeros are fixed at zero, as in PyBLP).
+            method: ``"1s"`` or ``"2s"``.
+            W: initial weighting matrix; default (Z̃'Z̃/N)⁻¹ (2SLS).
+            se_type / W_type: ``"robust"``, ``"unadjusted"`` or ``"clustered"`` (needs
+                ``clustering_ids``) for standard errors / the updated weighting matrix.
+            optimizer: default ``ScipyOptimizer()`` (BFGS without bounds, L-BFGS-B with them; gtol 1e-8).
+            contraction: default ``ContractionConfig()`` (SQUAREM, tol 1e-14).
+            sigma_bounds, pi_bounds, rho_bounds: ``(lower, upper)`` like the parameters.
+            delta: starting mean utilities (default: the logit inversion).
+            micro_moments: :class:`MicroMoment` s stacked with the product moments. Without ``W``, an
+                initial update at the starting values sets W (as PyBLP).
+            costs_bounds: ``(lower, upper)`` to clip marginal costs to (e.g. ``(1e-3, None)`` with log
+                costs); clipped counts are reported.
+            throw: raise :class:`BLPEstimationError` when the estimate is not converged (the default);
+                ``False`` returns the results with ``converged`` False and the reasons in ``message``.
+
+        Raises:
+            BLPSpecificationError: inconsistent parameters, too few moments, bad options.
+            BLPEstimationError: with ``throw=True``, when the optimiser failed, a share inversion failed, or
+                the objective, gradient, moments, estimates or standard errors are not finite (the error
+                says which, and carries the flagged results as ``error.results``).
+        """
+        if method not in ("1s", "2s"):
+            raise BLPSpecificationError("method must be '1s' or '2s'.")
+        if optimizer is not None and not isinstance(optimizer, ScipyOptimizer | OptaxOptimizer):
+            hint = f" (e.g. blpjax.ScipyOptimizer({optimizer!r}))" if isinstance(optimizer, str) else ""
+            raise BLPSpecificationError(
+                f"optimizer must be a blpjax.ScipyOptimizer or blpjax.OptaxOptimizer, not {type(optimizer).__name__}"
+                f"{hint}."
+            )
+        prep = self._prepare(
+            sigma,
+            pi,
+            rho,
+            W,
+            se_type,
+            W_type,
+            contraction,
+            sigma_bounds,
+            pi_bounds,
+            rho_bounds,
+            delta,
+            micro_moments,
+            costs_bounds,
+        )
+        spec, setup, micro, micro_labels, config, engine = (
+            prep.spec,
+            prep.setup,
+            prep.micro,
+            prep.micro_labels,
+            prep.config,
+            prep.engine,
+        )
         steps = run_steps(
             engine,
             spec.x0,
-            delta0,
-            W=W,
-            initial_W=W_2sls,
+            prep.delta0,
+            W=prep.W,
+            initial_W=prep.initial_W,
             steps=1 if method == "1s" else 2,
             se_type=se_type,
             W_type=W_type,
@@ -318,7 +434,7 @@ class Problem:
             lower=spec.lower,
             upper=spec.upper,
             host=True,
-            MM=MM,
+            MM=prep.MM,
         )
         results = Results(self, spec, steps, config, micro, micro_labels, setup, engine)
         if throw and not results.converged:
