@@ -629,6 +629,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep glibc's default allocator settings (default: relaunch with blpjax.ALLOCATOR_TUNABLES, both libraries)",
     )
+    parser.add_argument(
+        "--contraction",
+        choices=["squarem", "anderson", "simple"],
+        default=None,
+        help="blpjax's inner solver (PyBLP keeps SQUAREM, the reference); results go to <problem>_<method>.json",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -643,9 +649,20 @@ def main(argv: list[str] | None = None) -> int:
         case = CASES[name]()
         if case is None:
             continue
-        print(f"running {name} ...", flush=True)
+        suffix = ""
+        if args.contraction is not None:
+            import dataclasses
+
+            import blpjax
+
+            old = case.blpjax_solve.get("contraction") or blpjax.ContractionConfig()
+            solve = dict(case.blpjax_solve, contraction=dataclasses.replace(old, method=args.contraction))
+            case = dataclasses.replace(case, blpjax_solve=solve)
+            suffix = f"_{args.contraction}"
+        print(f"running {name}{suffix} ...", flush=True)
         result = run_case(case, args.repeats)
-        path = args.out_dir / f"{name}.json"
+        result["blpjax_contraction"] = args.contraction or "squarem"
+        path = args.out_dir / f"{name}{suffix}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print_table(result)
         print(f"   -> {path}", flush=True)
