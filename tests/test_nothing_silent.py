@@ -169,3 +169,10 @@ def test_verbose_optax_prints_each_update(rc_problem, capsys):
     out = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in out if line.strip()[:1].isdigit()]
     assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1)) and 1 <= len(rows) <= 5
+
+
+def test_an_unfinished_trust_constr_run_is_reported_not_a_crash(rc_problem):
+    """trust-constr's ``jac`` holds the constraints' Jacobians: a run stopped by maxiter is read from ``grad``."""
+    opt = blpjax.ScipyOptimizer("trust-constr", maxiter=2)
+    results = rc_problem.solve(SIGMA, PI, method="1s", optimizer=opt, throw=False)
+    assert not results.converged and "maximum number" in results.message.lower()

@@ -221,9 +221,10 @@ def scipy_minimize(
         # a failed inversion is reported to SciPy as a high value with a zero gradient (never as an
         # improvement), which SciPy would take for a stationary point: not a success
         success, message = False, "every objective evaluation was non-finite (NaN or inf); SciPy stopped at the start"
-    elif not success and hasattr(res, "jac"):
-        # "precision loss" and similar line-search failures at a point that meets the gradient criterion
-        pg = float(_projected_gradient_norm(np.asarray(res.x), np.asarray(res.jac), lower, upper))
+    elif not success and (gradient := res.get("grad") if opt.method == "trust-constr" else res.get("jac")) is not None:
+        # "precision loss" and similar line-search failures at a point that meets the gradient criterion (trust-constr's
+        # ``jac`` holds the constraints' Jacobians; its objective gradient is ``grad``)
+        pg = float(_projected_gradient_norm(np.asarray(res.x), np.asarray(gradient, np.float64), lower, upper))
         failed = np.asarray(res.x, np.float64).tobytes() in state["failed"]
         if not failed and np.isfinite(res.fun) and pg <= opt.gtol:
             success = True
