@@ -149,7 +149,9 @@ class _Progress:
         iterations = np.asarray(ev.evaluations)
         failed = int(np.sum(np.asarray(ev.status) != 0))
         pg = float(_projected_gradient_norm(np.asarray(x, np.float64), g, self.lower, self.upper))
-        self.last = {key: (q, pg, int(iterations.sum()), int(iterations.max(initial=0)), failed)}
+        self.last[key] = (q, pg, int(iterations.sum()), int(iterations.max(initial=0)), failed)
+        while len(self.last) > 64:  # the iterate a callback reports may be an earlier evaluation (trust-constr)
+            del self.last[next(iter(self.last))]
 
     def iteration(self, x, evaluations: int) -> None:
         x = np.asarray(x, np.float64)
