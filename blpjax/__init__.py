@@ -40,6 +40,8 @@ from ._model.containers import Products as Products
 from ._model.integration import Integration as Integration
 from ._model.market import Market as Market
 from ._model.market import Theta as Theta
+from ._post.fitted import Fitted as Fitted
+from ._post.inference import DeltaMethod as DeltaMethod
 
 __version__ = "0.1.0"
 
@@ -51,7 +53,9 @@ __all__ = [
     "BLPNumericalWarning",
     "BLPSpecificationError",
     "ContractionConfig",
+    "DeltaMethod",
     "EstimationStatus",
+    "Fitted",
     "Integration",
     "Market",
     "MicroDataset",

@@ -8,6 +8,9 @@ build on them. Names here may change between versions; the public names are thos
 - inversion: :func:`contraction_map`, :func:`fixed_point`, :class:`FixedPoint`;
 - the supply side: :func:`markups`, :func:`bertrand_markups` (the JVP-ruled markups),
   :func:`bertrand_parts`, :func:`ownership_matrix`, :func:`firm_membership`;
+- prices and equilibrium for one market: :class:`PriceDemand`, :func:`equilibrium_prices` (implicit
+  derivative), :func:`equilibrium_prices_unrolled`, :func:`first_order_conditions`, :func:`zeta_map`,
+  :func:`ownership_from_firms`;
 - micro moments: :class:`MicroSetup`, :class:`DatasetMarket`, :class:`DatasetSpec`,
   :func:`choice_probabilities`;
 - the engine: :class:`Engine` (one problem laid out for evaluation: ``value_and_grad``, ``value``,
@@ -64,9 +67,17 @@ from ._model.logit import logit_delta
 from ._model.market import Market, Theta, market_log_shares
 from ._model.params import ParameterSpec
 from ._model.shares import mu, shares
+from ._post.fitted import ownership_from_firms
 from ._supply.bertrand import _bertrand_markups as bertrand_markups
 from ._supply.bertrand import _bertrand_parts as bertrand_parts
 from ._supply.bertrand import firm_membership, markups, ownership_matrix
+from ._supply.equilibrium import (
+    PriceDemand,
+    equilibrium_prices,
+    equilibrium_prices_unrolled,
+    first_order_conditions,
+    zeta_map,
+)
 
 __all__ = [
     "SIMULATED_SPECIFICATION",
@@ -83,6 +94,7 @@ __all__ = [
     "Padded",
     "ParameterSpec",
     "Pieces",
+    "PriceDemand",
     "Settings",
     "Sharded",
     "StatisticsOptions",
@@ -95,8 +107,11 @@ __all__ = [
     "contraction_map",
     "default_batch_size",
     "deltas_at_solution",
+    "equilibrium_prices",
+    "equilibrium_prices_unrolled",
     "estimate_replications",
     "firm_membership",
+    "first_order_conditions",
     "fixed_point",
     "glibc_supports_hugetlb",
     "income_price_covariance",
@@ -115,6 +130,7 @@ __all__ = [
     "mu",
     "optax_minimize",
     "override",
+    "ownership_from_firms",
     "ownership_matrix",
     "plan_buckets",
     "reduce",
@@ -128,6 +144,7 @@ __all__ = [
     "simulated_problems",
     "stack_problems",
     "symmetric_inverse",
+    "zeta_map",
 ]
 
 

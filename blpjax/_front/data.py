@@ -57,8 +57,10 @@ class ProductIndex:
     n_rows: int
     row_labels: np.ndarray | None = None  # product_data's index, to align pandas inputs by label
 
-    def aligned(self, values, what: str) -> np.ndarray:
+    def aligned(self, values, what: str, numeric: bool = True) -> np.ndarray:
         """One finite number per product row, in product_data's row order, checked before any numerics.
+
+        ``numeric=False`` accepts labels (firm ids, product ids) instead of numbers: any type but missing.
 
         A pandas Series is aligned by its index with product_data's index (every row once, in any order);
         anything else must be a 1-D array of one value per row, in row order.
@@ -91,6 +93,15 @@ class ProductIndex:
                     + "."
                 )
             values = values.reindex(labels)
+        if not numeric:
+            array = np.asarray(values, dtype=object)
+            if array.shape != (self.n_rows,):
+                raise BLPSpecificationError(
+                    f"{what}: expected one label per product row, shape ({self.n_rows},), got {array.shape}."
+                )
+            if pd.isna(array).any():
+                raise BLPSpecificationError(f"{what}: {int(pd.isna(array).sum())} missing label(s).")
+            return array
         try:
             array = np.asarray(values, dtype=np.float64)
         except (TypeError, ValueError) as e:

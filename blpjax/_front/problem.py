@@ -31,7 +31,7 @@ from .micro_data import MicroMoment, build_micro, market_views
 from .objective import Objective
 from .results import Results
 from .summary import format_problem
-from .supply_data import build_supply_arrays
+from .supply_data import build_supply_arrays, price_derivative_arrays
 
 
 class _Prepared(NamedTuple):
@@ -67,7 +67,8 @@ class Problem:
             columns are their own instruments. Prices must enter utility through X2 only.
         costs_type: ``"linear"`` (c = X3γ + ω) or ``"log"`` (log c = X3γ + ω).
         price_derivatives: ∂column/∂price of X1/X2 columns other than ``prices`` (a number, or a
-            column name for interactions), e.g. ``{"neg_prices": -1}`` for a column of −prices.
+            column name for interactions), e.g. ``{"neg_prices": -1}`` for a column of −prices. Used by
+            the supply side and by every price counterfactual (costs, markups, equilibrium prices).
         devices: spread markets over devices: ``None`` (default device), an int n (the first n of
             ``jax.devices()``, all hosts after ``jax.distributed.initialize()``) or a list of devices.
         buckets: solve markets in at most this many (J, I) size classes (``"auto"``: up to 8), one
@@ -114,6 +115,10 @@ class Problem:
         self.products, self.index = build_products(product_data, self.linear, self.nonlinear, self.absorb)
         self.agents = build_agents(agent_data, self.index, len(self.nonlinear), self.demographics, integration)
         self.costs, self.costs_type = tuple(costs), costs_type
+        # how prices move X1 and X2 (post-estimation and counterfactuals; the supply side's markups)
+        dX1, dX2 = price_derivative_arrays(product_data, self.index, price_derivatives)
+        self.price_derivatives = (self.index.padded(dX1), self.index.padded(dX2))
+        self.has_firm_ids = "firm_ids" in product_data.columns
         supply = None
         if self.costs:
             arrays = build_supply_arrays(product_data, self.index, self.costs, costs_type, price_derivatives)

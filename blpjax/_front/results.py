@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .._base.config import jit
 from .._base.errors import BLPSpecificationError, Status
 from .._engine.gmm import Concentration
 from .._estimation.diagnosis import diagnose
 from .._estimation.programs import Engine
 from .._layouts.layouts import Padded
-from .._model.post import (
-    Characteristic,
-    consumer_surplus,
-    counterfactual_shares,
-    diversion_ratios,
-    elasticities,
-)
 from .data import Specification
 from .optimal_iv import compute_optimal_instruments
+from .post import PostEstimation
 from .scores import agent_scores, micro_scores, optimal_micro_moments, simulate_micro_data
 from .summary import format_results
 
@@ -36,20 +26,7 @@ if TYPE_CHECKING:
     from .micro_data import MicroLabels
 
 
-@partial(jit, once=True, inline=True, static_argnums=(0,))
-def _vmapped(fn, x, delta, theta, market, ch):
-    return jax.vmap(fn, in_axes=(0, 0, None, 0, None))(x, delta, theta, market, ch)
-
-
-@partial(jit, once=True, inline=True, static_argnums=(0,))
-def _vmapped_cf(fn, x_new, x, delta, theta, market, ch):
-    return jax.vmap(fn, in_axes=(0, 0, 0, None, 0, None))(x_new, x, delta, theta, market, ch)
-
-
-_consumer_surplus = jit(once=True, inline=True)(jax.vmap(consumer_surplus, in_axes=(0, 0, None, 0, None)))
-
-
-class Results:
+class Results(PostEstimation):
     """What :meth:`Problem.solve` returns: estimates, inference and post-estimation.
 
     Attributes:
@@ -76,6 +53,8 @@ class Results:
         self.products = problem.products
         self.setup = problem.setup if setup is None else setup
         self.micro, self.micro_labels = micro, micro_labels
+        self.price_derivatives, self.has_firm_ids = problem.price_derivatives, problem.has_firm_ids
+        self._fitted = None  # the fitted model as a JAX value (post-estimation), built on first use
         self.micro_observed = None if micro is None else np.asarray(micro.observed)
         self.final = steps[-1]
         self.theta = spec.unpack(self.final.theta, host=True)
@@ -89,7 +68,7 @@ class Results:
         pickle). A loaded result answers post-estimation questions (elasticities, diversion, shares,
         consumer surplus; the Hessian without micro moments); scores and optimal instruments need the Problem."""
         state = self.__dict__.copy()
-        state.update(problem=None, engine=None, micro=None)
+        state.update(problem=None, engine=None, micro=None, _fitted=None)
         return state
 
     def _needs_problem(self, what: str):
@@ -320,131 +299,6 @@ class Results:
 
     def __repr__(self) -> str:
         return self.summary()
-
-    # --- post-estimation -------------------------------------------------------------------
-    def _characteristic(self, name: str) -> tuple[jnp.ndarray, Characteristic]:
-        p, products = self.specification, self.products
-        if name not in p.linear and name not in p.nonlinear:
-            raise BLPSpecificationError(f"'{name}' is not a characteristic of X1 {p.linear} or X2 {p.nonlinear}.")
-        beta = self.final.beta[p.linear.index(name)] if name in p.linear else jnp.asarray(0.0)
-        col = p.nonlinear.index(name) if name in p.nonlinear else -1
-        x = products.X1[..., p.linear.index(name)] if name in p.linear else products.X2[..., col]
-        return x, Characteristic(beta, col)
-
-    def _market_rows(self, market) -> int:
-        ids = list(self.index.market_ids)
-        if market not in ids:
-            raise BLPSpecificationError(f"unknown market {market!r}.")
-        return ids.index(market)
-
-    def _stacked(self, arr) -> np.ndarray:
-        """(T, J, J) → PyBLP's stacked layout: one row per product (row order), J columns."""
-        return self._flat(np.asarray(arr))
-
-    def _long(self, arr, value_name: str) -> pd.DataFrame:
-        """(T, J, J) → tidy rows (market, product, other product, value), vectorised."""
-        idx = self.index
-        arr = np.asarray(arr)
-        real = idx.rows >= 0
-        pairs = real[:, :, None] & real[:, None, :]
-        t, j, k = np.nonzero(pairs)
-        return pd.DataFrame(
-            {
-                "market_ids": idx.market_ids[t],
-                "product_ids": idx.product_ids[t, j],
-                "other_product_ids": idx.product_ids[t, k],
-                value_name: arr[t, j, k],
-            }
-        )
-
-    def compute_elasticities(self, name: str = "prices", layout: str = "long"):
-        """∂log s_j/∂log x_k for every market.
-
-        Args:
-            name: the characteristic (default prices).
-            layout: ``"long"`` (tidy DataFrame), ``"stacked"`` (PyBLP's N × J_max array in row
-                order) or ``"padded"`` (T × J × J array).
-        """
-        x, ch = self._characteristic(name)
-        E = _vmapped(elasticities, x, self.final.delta, self.theta, self.setup.market, ch)
-        return self._layout(E, layout, "elasticity")
-
-    def compute_diversion_ratios(self, name: str = "prices", layout: str = "long"):
-        """Diversion from j to k when x_j rises; the diagonal is diversion to the outside good."""
-        x, ch = self._characteristic(name)
-        D = _vmapped(diversion_ratios, x, self.final.delta, self.theta, self.setup.market, ch)
-        return self._layout(D, layout, "diversion")
-
-    def _layout(self, arr, layout, value_name):
-        if layout == "padded":
-            return np.asarray(arr)
-        if layout == "stacked":
-            return self._stacked(arr)
-        if layout == "long":
-            return self._long(arr, value_name)
-        raise BLPSpecificationError("layout must be 'long', 'stacked' or 'padded'.")
-
-    def elasticity_matrix(self, market, name: str = "prices") -> pd.DataFrame:
-        """The J×J elasticity matrix of one market, labelled by product ids."""
-        t = self._market_rows(market)
-        E = self.compute_elasticities(name, layout="padded")[t]
-        js = np.flatnonzero(self.index.rows[t] >= 0)
-        labels = list(self.index.product_ids[t, js])
-        return pd.DataFrame(E[np.ix_(js, js)], index=pd.Index(labels, name="product"), columns=labels)
-
-    def compute_shares(self, name: str = "prices", values=None) -> np.ndarray:
-        """Shares with ``name`` set to ``values`` (row order; default unchanged), ξ held fixed."""
-        x, ch = self._characteristic(name)
-        x_new = x if values is None else self._padded(values, f"compute_shares({name!r}, values)")
-        s = _vmapped_cf(counterfactual_shares, x_new, x, self.final.delta, self.theta, self.setup.market, ch)
-        return self._flat(s)
-
-    def _padded(self, values, what: str) -> jnp.ndarray:
-        """(T, J) padded values from a Series (aligned by index) or a row-ordered array, checked."""
-        return jnp.asarray(self.index.padded(self.index.aligned(values, what)))
-
-    def counterfactual(self, values, name: str = "prices") -> pd.DataFrame:
-        """A tidy table of shares before/after setting ``name`` to ``values`` (row order)."""
-        idx = self.index
-        before = self.compute_shares(name)
-        after = self.compute_shares(name, values)
-        t = np.empty(self.index.n_rows, dtype=int)
-        j = np.empty(self.index.n_rows, dtype=int)
-        tt, jj = np.nonzero(idx.rows >= 0)
-        t[idx.rows[tt, jj]], j[idx.rows[tt, jj]] = tt, jj
-        df = pd.DataFrame(
-            {
-                "market_ids": idx.market_ids[t],
-                "product_ids": idx.product_ids[t, j],
-                "shares": before,
-                "new_shares": after,
-            }
-        )
-        df["pct_change"] = 100 * (df["new_shares"] / df["shares"] - 1)
-        return df
-
-    def compute_consumer_surplus(self, prices=None) -> pd.Series:
-        """Per-capita consumer surplus per market (at new prices if given, ξ fixed)."""
-        x, ch = self._characteristic("prices")
-        delta = self.final.delta
-        market = self.setup.market
-        if prices is not None:
-            x_new = self._padded(prices, "compute_consumer_surplus(prices)")
-            delta = delta + ch.beta * (x_new - x)
-            if ch.x2_column >= 0:
-                market = market.__class__(
-                    market.X2.at[..., ch.x2_column].set(x_new),
-                    market.nodes,
-                    market.demographics,
-                    market.weights,
-                    market.log_shares,
-                    market.mask,
-                    market.nest_ids,
-                )
-        cs = _consumer_surplus(x, delta, self.theta, market, ch)
-        return pd.Series(
-            np.asarray(cs), index=pd.Index(self.index.market_ids, name="market_ids"), name="consumer_surplus"
-        )
 
     # --- optimal micro moments (Conlon & Gortmaker 2025; see blpjax._scores) ---------------
     def compute_micro_scores(self, dataset, micro_data, integration=None) -> pd.DataFrame:

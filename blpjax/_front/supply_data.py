@@ -35,27 +35,9 @@ def build_supply_arrays(
         raise BLPSpecificationError(
             "'prices' cannot be a cost characteristic in X3 (costs are p − markup; prices are endogenous there)."
         )
-    derivs = {"prices": 1.0}
-    derivs.update(price_derivatives or {})
-    x1, x2 = index.x1_names, index.x2_names
-    unknown = [k for k in derivs if k not in (*x1, *x2) and k != "prices"]
-    if unknown:
-        raise BLPSpecificationError(
-            f"price_derivatives names column(s) {unknown} that are in neither the linear nor the nonlinear "
-            f"characteristics (X1 = {list(x1)}, X2 = {list(x2)})."
-        )
-
-    def derivative(name):
-        d = derivs.get(name, 0.0)
-        if isinstance(d, str):
-            _require(df, [d], frame)
-            return _numeric(df, d, frame)
-        return np.full(len(df), float(d))
-
-    dX1 = np.column_stack([derivative(c) for c in x1]) if x1 else np.zeros((len(df), 0))
-    dX2 = np.column_stack([derivative(c) for c in x2]) if x2 else np.zeros((len(df), 0))
+    dX1, dX2 = price_derivative_arrays(df, index, price_derivatives)
     if np.any(dX1 != 0):
-        moved = [c for k, c in enumerate(x1) if np.any(dX1[:, k] != 0)]
+        moved = [c for k, c in enumerate(index.x1_names) if np.any(dX1[:, k] != 0)]
         raise BLPSpecificationError(
             f"with a supply side, markups depend on the mean price coefficient, so it cannot be concentrated out of "
             f"the GMM problem like the other linear parameters; {moved} in the linear characteristics X1 depend on "
@@ -80,3 +62,36 @@ def build_supply_arrays(
         "dX2": index.padded(dX2),
         "zs_names": tuple(x3) + tuple(excluded),
     }
+
+
+def price_derivative_arrays(
+    product_data: pd.DataFrame, index: ProductIndex, price_derivatives: dict | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """∂X1/∂p and ∂X2/∂p, one row per product in row order.
+
+    ``price_derivatives`` maps X1/X2 column names to ∂column/∂price: a number or the name of a column
+    (for an interaction such as prices × sugar, the column ``sugar``). ``prices`` itself has derivative 1
+    unless overridden; every other column 0.
+    """
+    frame = "product_data"
+    df = product_data.reset_index(drop=True)
+    derivs = {"prices": 1.0}
+    derivs.update(price_derivatives or {})
+    x1, x2 = index.x1_names, index.x2_names
+    unknown = [k for k in derivs if k not in (*x1, *x2) and k != "prices"]
+    if unknown:
+        raise BLPSpecificationError(
+            f"price_derivatives names column(s) {unknown} that are in neither the linear nor the nonlinear "
+            f"characteristics (X1 = {list(x1)}, X2 = {list(x2)})."
+        )
+
+    def derivative(name):
+        d = derivs.get(name, 0.0)
+        if isinstance(d, str):
+            _require(df, [d], frame)
+            return _numeric(df, d, frame)
+        return np.full(len(df), float(d))
+
+    dX1 = np.column_stack([derivative(c) for c in x1]) if x1 else np.zeros((len(df), 0))
+    dX2 = np.column_stack([derivative(c) for c in x2]) if x2 else np.zeros((len(df), 0))
+    return dX1, dX2

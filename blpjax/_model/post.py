@@ -1,6 +1,7 @@
 """Post-estimation for one market, batched over markets with ``vmap``: derivatives of shares
 with respect to a characteristic (by ``jax.jacfwd``, so every model gets them exactly),
-elasticities, diversion ratios, counterfactual shares with ξ held fixed, consumer surplus.
+elasticities, diversion ratios, counterfactual shares with ξ held fixed (consumer surplus and
+price counterfactuals: :mod:`.._supply.equilibrium`).
 
 A characteristic x enters utility through the linear part (coefficient β_x, if x is in X1) and
 through the nonlinear part (column of X2, if x is in X2); a change of x moves δ by β_x Δx and μ
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .market import Market, Theta
-from .shares import choice, mu, shares
+from .shares import mu, shares
 
 
 class Characteristic(eqx.Module):
@@ -74,15 +75,3 @@ def diversion_ratios(x, delta, theta, market, ch) -> Float[Array, "J J"]:
     D = jnp.where(jnp.eye(J, dtype=bool), outside[:, None], D)
     both = market.mask[:, None] & market.mask[None, :]
     return jnp.where(both, D, 0.0)
-
-
-def consumer_surplus(prices, delta, theta, market, price: Characteristic) -> Array:
-    """Σ_i w_i log(1 + Σ_j exp u_ij)/α_i with α_i = −∂u_ij/∂p_j (per capita, PyBLP's units)."""
-    rho = theta.rho if theta.nested else None
-    mu_ = mu(market.X2, theta.sigma, theta.pi, market.nodes, market.demographics)
-    _, lse = choice(delta, mu_, market.mask, market.nest_ids, rho)
-    alpha = -price.beta * jnp.ones_like(lse)
-    if price.x2_column >= 0:
-        coef = market.nodes @ theta.sigma.T + market.demographics @ theta.pi.T
-        alpha = alpha - coef[:, price.x2_column]
-    return jnp.sum(market.weights * lse / alpha)

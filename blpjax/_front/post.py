@@ -1,0 +1,433 @@
+"""Post-estimation on :class:`Results` (pandas front): elasticities, diversion, shares, costs, markups,
+profits, HHI, pass-through, equilibrium prices after a merger, consumer surplus, and delta-method
+standard errors for any of them.
+
+Inputs follow PyBLP's names and conventions; a pandas Series is aligned by product_data's index (never by
+position), arrays are in product_data's row order. Per-product outputs are Series indexed like
+product_data, per-market outputs Series indexed by market id; with ``se=True`` a DataFrame with the
+``estimate`` and its delta-method ``se`` (exact derivatives through δ(θ), recovered costs and the
+equilibrium's first-order conditions; :meth:`PostEstimation.delta_method` for any other function).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .._base.config import jit
+from .._base.errors import BLPEstimationError, BLPNumericalWarning, BLPSpecificationError, Status
+from .._inversion.contraction import ContractionConfig
+from .._model.post import Characteristic, counterfactual_shares, diversion_ratios, elasticities
+from .._post.fitted import Fitted, check_linear_prices
+from .._post.inference import DeltaMethod, delta_method
+
+
+@jit(once=True, inline=True, static_argnums=(0,))
+def _vmapped(fn, x, delta, theta, market, ch):
+    return jax.vmap(fn, in_axes=(0, 0, None, 0, None))(x, delta, theta, market, ch)
+
+
+@jit(once=True, inline=True, static_argnums=(0,))
+def _vmapped_cf(fn, x_new, x, delta, theta, market, ch):
+    return jax.vmap(fn, in_axes=(0, 0, 0, None, 0, None))(x_new, x, delta, theta, market, ch)
+
+
+class _Call(eqx.Module):
+    """``fitted.<name>(*args, **kwargs)`` (then ``.<attr>``) as a pytree, so that one jitted program serves
+    every call with the same structure."""
+
+    name: str = eqx.field(static=True)
+    args: tuple
+    kwargs: dict
+    attr: str | None = eqx.field(static=True, default=None)
+
+    def __call__(self, fitted: Fitted):
+        out = getattr(fitted, self.name)(*self.args, **self.kwargs)
+        return out if self.attr is None else getattr(out, self.attr)
+
+
+_evaluate = eqx.filter_jit(lambda call, fitted: call(fitted))
+_delta_method = eqx.filter_jit(delta_method)
+
+
+class PostEstimation:
+    """The post-estimation half of :class:`Results` (a mixin: it reads ``final``, ``theta``, ``setup``,
+    ``products``, ``index``, ``specification``, ``spec`` and ``covariances``)."""
+
+    # --- the fitted model ------------------------------------------------------------------
+    @property
+    def fitted(self) -> Fitted:
+        """The estimated model as a JAX value (:class:`blpjax.internal.Fitted`): what :meth:`delta_method`
+        hands to its function."""
+        if getattr(self, "_fitted", None) is None:
+            dX1, dX2 = self.price_derivatives
+            gamma = jnp.zeros(0) if self.final.gamma is None else jnp.asarray(self.final.gamma)
+            self._fitted = Fitted.build(
+                self.spec,
+                jnp.asarray(self.final.theta),
+                jnp.asarray(self.final.beta),
+                gamma,
+                self.final.delta,
+                self.setup.market,
+                self.products.prices,
+                jnp.asarray(dX1),
+                jnp.asarray(dX2),
+                self.products.firm_ids,
+                self.products.shares,
+            )
+        return self._fitted
+
+    def delta_method(self, fn) -> DeltaMethod:
+        """Delta-method inference on ``fn(fitted)``, any array-valued JAX function of the fitted model
+        (:class:`blpjax.internal.Fitted`; padded (T, J) arrays), with the estimates' covariance and exact
+        derivatives. Returns a :class:`DeltaMethod` (estimate, se, jacobian, covariance) shaped like the output.
+
+        Example:
+            >>> out = results.delta_method(lambda f: f.compute_prices(ownership=merged).x - f.prices)
+        """
+        return _delta_method(fn, self.fitted, jnp.asarray(self.covariances.to_numpy()))
+
+    def _run(self, name, *args, attr=None, **kwargs):
+        return _evaluate(_Call(name, args, kwargs, attr), self.fitted)
+
+    # --- labelled outputs ------------------------------------------------------------------
+    def _per_product(self, call: _Call, name: str, se: bool, market_id=None):
+        values = np.asarray(_evaluate(call, self.fitted))
+        index = pd.Index(self.index.row_labels if self.index.row_labels is not None else np.arange(self.index.n_rows))
+        if se:
+            out = _delta_method(call, self.fitted, jnp.asarray(self.covariances.to_numpy()))
+            result = pd.DataFrame({"estimate": self._flat(values), "se": self._flat(np.asarray(out.se))}, index=index)
+        else:
+            result = pd.Series(self._flat(values), index=index, name=name)
+        if market_id is not None:
+            self._market_rows(market_id)  # an unknown market raises
+            result = result[self._flat_market_ids() == market_id]
+        return result
+
+    def _per_market(self, call: _Call, name: str, se: bool, market_id=None):
+        values = np.asarray(_evaluate(call, self.fitted))
+        index = pd.Index(self.index.market_ids, name="market_ids")
+        if se:
+            out = _delta_method(call, self.fitted, jnp.asarray(self.covariances.to_numpy()))
+            result = pd.DataFrame({"estimate": values, "se": np.asarray(out.se)}, index=index)
+        else:
+            result = pd.Series(values, index=index, name=name)
+        if market_id is not None:
+            result = result.iloc[[self._market_rows(market_id)]]
+        return result
+
+    def _flat_market_ids(self) -> np.ndarray:
+        idx = self.index
+        t = np.broadcast_to(np.arange(idx.rows.shape[0])[:, None], idx.rows.shape)
+        return np.asarray(idx.market_ids)[self._flat(t)]
+
+    # --- inputs ----------------------------------------------------------------------------
+    def _padded(self, values, what: str) -> jnp.ndarray:
+        """(T, J) padded values from a Series (aligned by index) or a row-ordered array, checked."""
+        return jnp.asarray(self.index.padded(self.index.aligned(values, what)))
+
+    def _optional(self, values, what: str):
+        return None if values is None else self._padded(values, what)
+
+    def _firm_codes(self, firm_ids, what: str) -> jnp.ndarray:
+        """Padded integer codes of firm labels (a Series aligned by index, or an array in row order)."""
+        labels = self.index.aligned(firm_ids, what, numeric=False)
+        codes = pd.factorize(pd.Series(labels), use_na_sentinel=False)[0]
+        out = np.zeros(self.index.rows.shape, np.int64)
+        real = self.index.rows >= 0
+        out[real] = codes[self.index.rows[real]]
+        return jnp.asarray(out)
+
+    def _require_firms(self, what: str):
+        if not self.has_firm_ids:
+            raise BLPSpecificationError(
+                f"{what} needs firm_ids: product_data has no 'firm_ids' column. Add one (which firm sells each "
+                "product), or pass firm_ids= or ownership= to this call."
+            )
+
+    def _ownership(self, firm_ids, ownership, what: str, kappa=None):
+        """Padded (T, J, J) ownership from ``firm_ids`` (+ κ), a stacked PyBLP ownership array, or the data."""
+        if firm_ids is not None and ownership is not None:
+            raise BLPSpecificationError(f"{what}: pass firm_ids or ownership, not both.")
+        if ownership is None:
+            if firm_ids is None:
+                self._require_firms(what)
+                return self.fitted.ownership(kappa=kappa)
+            return self.fitted.ownership(self._firm_codes(firm_ids, f"{what} firm_ids"), kappa=kappa)
+        O = np.asarray(ownership, dtype=np.float64)
+        T, J = self.index.rows.shape
+        real = self.index.rows >= 0
+        counts = real.sum(axis=1)
+        if O.shape == (T, J, J):
+            padded = O
+        elif O.ndim == 2 and O.shape[0] == self.index.n_rows and O.shape[1] >= counts.max():
+            padded = np.zeros((T, J, J))
+            padded[real] = O[self.index.rows[real], :J]
+        else:
+            raise BLPSpecificationError(
+                f"{what}: ownership must be PyBLP's stacked array ({self.index.n_rows} rows, one per product, "
+                f"with at least {counts.max()} columns: row j holds O_jk for the products k of j's market, in row "
+                f"order) or a padded ({T}, {J}, {J}) array; got shape {O.shape}."
+            )
+        both = real[:, :, None] & real[:, None, :]
+        bad = both & ~np.isfinite(padded)
+        if bad.any():
+            markets = np.asarray(self.index.market_ids)[np.nonzero(bad.any(axis=(1, 2)))[0]]
+            raise BLPSpecificationError(
+                f"{what}: ownership has NaN or infinite entries in market(s) {list(markets[:5])}."
+            )
+        return jnp.asarray(np.where(both, padded, 0.0))
+
+    # --- elasticities, diversion, shares (any characteristic) -------------------------------
+    def _characteristic(self, name: str) -> tuple[jnp.ndarray, Characteristic]:
+        p, products = self.specification, self.products
+        if name not in p.linear and name not in p.nonlinear:
+            raise BLPSpecificationError(f"'{name}' is not a characteristic of X1 {p.linear} or X2 {p.nonlinear}.")
+        beta = self.final.beta[p.linear.index(name)] if name in p.linear else jnp.asarray(0.0)
+        col = p.nonlinear.index(name) if name in p.nonlinear else -1
+        x = products.X1[..., p.linear.index(name)] if name in p.linear else products.X2[..., col]
+        return x, Characteristic(beta, col)
+
+    def _market_rows(self, market) -> int:
+        ids = list(self.index.market_ids)
+        if market not in ids:
+            raise BLPSpecificationError(f"unknown market {market!r}.")
+        return ids.index(market)
+
+    def _stacked(self, arr) -> np.ndarray:
+        """(T, J, J) → PyBLP's stacked layout: one row per product (row order), J columns."""
+        return self._flat(np.asarray(arr))
+
+    def _long(self, arr, value_name: str) -> pd.DataFrame:
+        """(T, J, J) → tidy rows (market, product, other product, value), vectorised."""
+        idx = self.index
+        arr = np.asarray(arr)
+        real = idx.rows >= 0
+        pairs = real[:, :, None] & real[:, None, :]
+        t, j, k = np.nonzero(pairs)
+        return pd.DataFrame(
+            {
+                "market_ids": idx.market_ids[t],
+                "product_ids": idx.product_ids[t, j],
+                "other_product_ids": idx.product_ids[t, k],
+                value_name: arr[t, j, k],
+            }
+        )
+
+    def _layout(self, arr, layout, value_name):
+        if layout == "padded":
+            return np.asarray(arr)
+        if layout == "stacked":
+            return self._stacked(arr)
+        if layout == "long":
+            return self._long(arr, value_name)
+        raise BLPSpecificationError("layout must be 'long', 'stacked' or 'padded'.")
+
+    def compute_elasticities(self, name: str = "prices", layout: str = "long"):
+        """∂log s_j/∂log x_k for every market.
+
+        Args:
+            name: the characteristic (default prices).
+            layout: ``"long"`` (tidy DataFrame), ``"stacked"`` (PyBLP's N × J_max array in row
+                order) or ``"padded"`` (T × J × J array).
+        """
+        x, ch = self._characteristic(name)
+        E = _vmapped(elasticities, x, self.final.delta, self.theta, self.setup.market, ch)
+        return self._layout(E, layout, "elasticity")
+
+    def compute_diversion_ratios(self, name: str = "prices", layout: str = "long"):
+        """Diversion from j to k when x_j rises; the diagonal is diversion to the outside good."""
+        x, ch = self._characteristic(name)
+        D = _vmapped(diversion_ratios, x, self.final.delta, self.theta, self.setup.market, ch)
+        return self._layout(D, layout, "diversion")
+
+    def elasticity_matrix(self, market, name: str = "prices") -> pd.DataFrame:
+        """The J×J elasticity matrix of one market, labelled by product ids."""
+        t = self._market_rows(market)
+        E = self.compute_elasticities(name, layout="padded")[t]
+        js = np.flatnonzero(self.index.rows[t] >= 0)
+        labels = list(self.index.product_ids[t, js])
+        return pd.DataFrame(E[np.ix_(js, js)], index=pd.Index(labels, name="product"), columns=labels)
+
+    def compute_shares(self, prices=None, values=None) -> np.ndarray:
+        """Shares at new ``prices`` (PyBLP's ``compute_shares(prices)``), ξ held fixed, in row order.
+
+        ``compute_shares(name, values)`` with a characteristic's name first sets that characteristic instead.
+        """
+        if isinstance(prices, str):
+            name, new = prices, values
+        elif values is not None:
+            raise BLPSpecificationError("compute_shares(prices) or compute_shares(name, values), not both.")
+        else:
+            name, new = "prices", prices
+        x, ch = self._characteristic(name)
+        x_new = x if new is None else self._padded(new, f"compute_shares({name!r}, values)")
+        s = _vmapped_cf(counterfactual_shares, x_new, x, self.final.delta, self.theta, self.setup.market, ch)
+        return self._flat(s)
+
+    def counterfactual(self, values, name: str = "prices") -> pd.DataFrame:
+        """A tidy table of shares before/after setting ``name`` to ``values`` (row order)."""
+        idx = self.index
+        before = self.compute_shares(name)
+        after = self.compute_shares(name, values)
+        t = np.empty(self.index.n_rows, dtype=int)
+        j = np.empty(self.index.n_rows, dtype=int)
+        tt, jj = np.nonzero(idx.rows >= 0)
+        t[idx.rows[tt, jj]], j[idx.rows[tt, jj]] = tt, jj
+        df = pd.DataFrame(
+            {
+                "market_ids": idx.market_ids[t],
+                "product_ids": idx.product_ids[t, j],
+                "shares": before,
+                "new_shares": after,
+            }
+        )
+        df["pct_change"] = 100 * (df["new_shares"] / df["shares"] - 1)
+        return df
+
+    # --- costs, markups, profits, concentration ---------------------------------------------
+    def compute_costs(self, firm_ids=None, ownership=None, market_id=None, se: bool = False):
+        """Marginal costs c = p − η from Bertrand–Nash first-order conditions at the observed prices, under the
+        data's ownership (or ``firm_ids`` / PyBLP's stacked ``ownership``), from any demand estimate."""
+        O = self._ownership(firm_ids, ownership, "compute_costs")
+        return self._per_product(_Call("compute_costs", (O,), {}), "costs", se, market_id)
+
+    def compute_markups(self, prices=None, costs=None, market_id=None, se: bool = False):
+        """Lerner indices (p − c)/p, as PyBLP's ``compute_markups`` (the markup *level* p − c is
+        :meth:`compute_eta`; with a supply side estimated, ``results.markups`` is p − c too)."""
+        p = self._optional(prices, "compute_markups(prices)")
+        c = self._optional(costs, "compute_markups(costs)")
+        if c is None:
+            self._require_firms("compute_markups")
+        return self._per_product(_Call("compute_markups", (p, c), {}), "markups", se, market_id)
+
+    def compute_eta(self, firm_ids=None, ownership=None, market_id=None, se: bool = False):
+        """Markup levels η = p − c that rationalise the observed prices under the data's ownership (or another)."""
+        O = self._ownership(firm_ids, ownership, "compute_eta")
+        return self._per_product(_Call("compute_eta", (O,), {}), "eta", se, market_id)
+
+    def compute_profits(self, prices=None, shares=None, costs=None, market_id=None, se: bool = False):
+        """Per-product profits (p − c)·s per unit of market size (PyBLP's ``compute_profits``)."""
+        p = self._optional(prices, "compute_profits(prices)")
+        s = self._optional(shares, "compute_profits(shares)")
+        c = self._optional(costs, "compute_profits(costs)")
+        if c is None:
+            self._require_firms("compute_profits")
+        return self._per_product(_Call("compute_profits", (p, s, c), {}), "profits", se, market_id)
+
+    def compute_hhi(self, firm_ids=None, shares=None, market_id=None, se: bool = False):
+        """Herfindahl–Hirschman index per market, 10,000 × Σ_f (firm f's share of inside sales)²."""
+        if firm_ids is None:
+            self._require_firms("compute_hhi")
+            codes = None
+        else:
+            codes = self._firm_codes(firm_ids, "compute_hhi(firm_ids)")
+        s = self._optional(shares, "compute_hhi(shares)")
+        return self._per_market(_Call("compute_hhi", (codes, s), {}), "hhi", se, market_id)
+
+    def compute_passthrough(self, firm_ids=None, ownership=None, layout: str = "long"):
+        """∂p_j/∂c_k: how equilibrium prices respond to marginal costs, at the data's equilibrium."""
+        O = self._ownership(firm_ids, ownership, "compute_passthrough")
+        return self._layout(self._run("compute_passthrough", O), layout, "passthrough")
+
+    # --- equilibrium prices and consumer surplus --------------------------------------------
+    def compute_prices(
+        self,
+        firm_ids=None,
+        ownership=None,
+        costs=None,
+        prices=None,
+        iteration: ContractionConfig | None = None,
+        constant_costs: bool = True,
+        market_id=None,
+        se: bool = False,
+        throw: bool = True,
+    ):
+        """Bertrand–Nash equilibrium prices under new ``firm_ids`` (a merger) or ``ownership``, and/or new
+        ``costs`` (default: the costs recovered from the data's first-order conditions), from starting
+        ``prices`` (observed), by the ζ-markup fixed point of Morrow and Skerlos, per market.
+
+        ``iteration``: a :class:`ContractionConfig` with ``method="simple"`` (default: tol 1e-12 on the ∞-norm
+        of the price step weighted by |Λ|, i.e. of a profit gradient, as PyBLP; 5,000 evaluations). A market that does not converge raises (``throw=True``) or warns.
+        With ``se=True`` the standard errors differentiate the whole map θ, β → costs → new prices.
+        """
+        if not constant_costs:
+            raise BLPSpecificationError(
+                "constant_costs=False re-evaluates costs that depend on shares, but no cost characteristic of this "
+                "problem depends on shares: costs are constant here (drop the argument)."
+            )
+        O = self._ownership(firm_ids, ownership, "compute_prices")
+        c = self._optional(costs, "compute_prices(costs)")
+        if c is None:
+            self._require_firms("compute_prices (recovering costs)")
+        p0 = self._optional(prices, "compute_prices(prices)")
+        config = iteration
+        if config is not None and not isinstance(config, ContractionConfig):
+            raise BLPSpecificationError("iteration must be a blpjax.ContractionConfig(method='simple', ...).")
+        solved = self._run("compute_prices", O, c, p0, config)
+        self._check_equilibrium(solved, throw)
+        return self._per_product(_Call("compute_prices", (O, c, p0, config), {}, "x"), "prices", se, market_id)
+
+    def _check_equilibrium(self, solved, throw: bool):
+        status = np.asarray(solved.status)
+        if not status.any():
+            return
+        bad = np.flatnonzero(status)
+        markets = np.asarray(self.index.market_ids)[bad]
+        reasons = {
+            Status.MAX_EVALUATIONS: "hit the evaluation limit (raise iteration=ContractionConfig(method='simple', "
+            "max_evaluations=...), or check that the new costs and ownership admit an equilibrium)",
+            Status.NONFINITE: "produced non-finite prices (costs above what demand supports, or extreme parameters)",
+        }
+        message = f"equilibrium prices did not converge in {len(bad)} market(s) {list(markets[:5])}: " + "; ".join(
+            sorted({reasons[Status(int(s))] for s in status[bad]})
+        )
+        if throw:
+            raise BLPEstimationError(message + ". Pass throw=False to get the last iterates with a warning.")
+        warnings.warn(message, BLPNumericalWarning, stacklevel=3)
+
+    def compute_approximate_prices(self, firm_ids=None, ownership=None, costs=None, market_id=None, se=False):
+        """PyBLP's approximate equilibrium prices c + η under the new ownership, with shares and their price
+        derivatives held at their observed values (not a Taylor expansion)."""
+        O = self._ownership(firm_ids, ownership, "compute_approximate_prices")
+        c = self._optional(costs, "compute_approximate_prices(costs)")
+        if c is None:
+            self._require_firms("compute_approximate_prices (recovering costs)")
+        return self._per_product(_Call("compute_approximate_prices", (O, c), {}), "prices", se, market_id)
+
+    def compute_consumer_surpluses(
+        self, prices=None, keep_all: bool = False, eliminate_product_ids=None, market_id=None, se: bool = False
+    ):
+        """Consumer surplus per market, Σ_i w_i log(1 + Σ_j exp u_ij)/(−α_i), per unit of market size (PyBLP's
+        units), at ``prices`` (observed by default), ξ held fixed. ``keep_all``: one column per agent (NaN on
+        padding). ``eliminate_product_ids``: products removed from every choice set."""
+        check_linear_prices(self.fitted)
+        p = self._optional(prices, "compute_consumer_surpluses(prices)")
+        eliminate = None
+        if eliminate_product_ids is not None:
+            if isinstance(eliminate_product_ids, str):
+                raise BLPSpecificationError("eliminate_product_ids must be a list of product ids, not a string.")
+            ids = list(eliminate_product_ids)
+            eliminate = np.isin(self.index.product_ids, ids) & (self.index.rows >= 0)
+            unknown = [i for i in ids if not np.any(self.index.product_ids == i)]
+            if unknown:
+                raise BLPSpecificationError(f"eliminate_product_ids: unknown product id(s) {unknown[:5]}.")
+            eliminate = jnp.asarray(eliminate)
+        if keep_all:
+            if se:
+                raise BLPSpecificationError("se=True needs market-level surpluses: drop keep_all, or use delta_method.")
+            cs = np.asarray(self._run("compute_consumer_surpluses", p, eliminate, True))
+            cs = np.where(np.asarray(self.setup.market.weights) != 0, cs, np.nan)  # padded agents
+            out = pd.DataFrame(cs, index=pd.Index(self.index.market_ids, name="market_ids"))
+            return out if market_id is None else out.iloc[[self._market_rows(market_id)]]
+        call = _Call("compute_consumer_surpluses", (p, eliminate), {})
+        return self._per_market(call, "consumer_surplus", se, market_id)
+
+    def compute_consumer_surplus(self, prices=None) -> pd.Series:
+        """Alias of :meth:`compute_consumer_surpluses` (per market, at ``prices``)."""
+        return self.compute_consumer_surpluses(prices)

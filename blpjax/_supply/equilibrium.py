@@ -1,0 +1,283 @@
+"""Demand as a function of prices, for one market: markups under any ownership, pass-through, and
+Bertrand–Nash equilibrium prices by the ζ-markup fixed point, with an implicit-function derivative.
+
+Prices move utility through the linear and the nonlinear characteristics that depend on them:
+
+    u_ij(p) = δ_j + d_j (p_j − p⁰_j) + μ_ij(X₂ + ∂X₂/∂p · (p − p⁰)),   d_j = Σ_k β_k ∂X₁_jk/∂p_j,
+
+with p⁰ the observed prices and δ the estimated mean utilities (so ξ is held fixed), hence
+α_ij = ∂u_ij/∂p_j = d_j + (∂X₂_j/∂p)·(Σν_i + Πd_i).
+
+Firms' first-order conditions under ownership O (O_jk: the share of k's profit that j's owner
+collects; 1 within a firm, 0 across firms) are
+
+    F(p) = s(p) + (O ⊙ ∂s/∂pᵀ)(p − c) = 0.
+
+The share Jacobian splits as ∂s/∂p = diag(Λ) − Γ with Λ_j = Σ_i w_i P_ij α_ij / (1 − ρ_j)
+(PyBLP's decomposition), and Morrow and Skerlos's ζ-markup map p ↦ c + ζ(p),
+
+    ζ(p) = Λ⁻¹ [(O ⊙ Γᵀ)(p − c) − s],
+
+has the equilibrium prices as its fixed point. It is iterated in a ``lax.while_loop`` per market until
+the step weighted by |Λ| (a profit gradient, PyBLP's criterion) is below tolerance, with a status code; the
+solution carries the implicit derivative dp = −(∂F/∂p)⁻¹ ∂F/∂(c, θ, δ, β, O) (one J×J solve),
+so that anything computed from equilibrium prices is differentiable in the estimates.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from .._base.errors import BLPSpecificationError, Status
+from .._inversion.contraction import ContractionConfig, FixedPoint
+from .._model.market import Market, Theta
+from .._model.shares import choice, mu, random_coefficients
+
+
+class PriceDemand(eqx.Module):
+    """One market's demand at the estimate as a function of its prices (a leading T axis when batched)."""
+
+    market: Market
+    delta: Float[Array, " J"]  # estimated mean utilities at the observed prices
+    prices: Float[Array, " J"]  # the observed prices p⁰
+    d_delta: Float[Array, " J"]  # ∂δ_j/∂p_j = Σ_k β_k ∂X1_jk/∂p_j
+    dX2: Float[Array, "J K2"]  # ∂X2_jk/∂p_j
+
+    @property
+    def mask(self) -> Bool[Array, " J"]:
+        return self.market.mask
+
+
+def _rho(theta: Theta):
+    return theta.rho if theta.nested else None
+
+
+def utilities(p, theta: Theta, d: PriceDemand, delta=None):
+    """(δ(p), μ(p)) at prices ``p`` (ξ held fixed)."""
+    m = d.market
+    dp = jnp.where(m.mask, p - d.prices, 0.0)
+    base = d.delta if delta is None else delta
+    X2 = m.X2 + d.dX2 * dp[:, None]
+    return base + d.d_delta * dp, mu(X2, theta.sigma, theta.pi, m.nodes, m.demographics)
+
+
+def log_probabilities_at(p, theta: Theta, d: PriceDemand, available=None) -> tuple[Array, Array]:
+    """(log P_ij, log(1 + Σ exp)) at prices ``p``; ``available`` (J,) removes products from the choice set."""
+    delta, mu_ = utilities(p, theta, d)
+    mask = d.mask if available is None else d.mask & available
+    return choice(delta, mu_, mask, d.market.nest_ids, _rho(theta))
+
+
+def shares_at(p, theta: Theta, d: PriceDemand) -> Float[Array, " J"]:
+    log_p, _ = log_probabilities_at(p, theta, d)
+    s = d.market.weights @ jnp.exp(jnp.where(d.mask[None, :], log_p, -jnp.inf))
+    return jnp.where(d.mask, s, 0.0)
+
+
+def alpha(theta: Theta, d: PriceDemand) -> Float[Array, "I J"]:
+    """α_ij = ∂u_ij/∂p_j (0 on padded products)."""
+    m = d.market
+    a = d.d_delta[None, :] + random_coefficients(theta.sigma, theta.pi, m.nodes, m.demographics) @ d.dX2.T
+    return jnp.where(d.mask[None, :], a, 0.0)
+
+
+def _both(mask):
+    return mask[:, None] & mask[None, :]
+
+
+def share_jacobian(p, theta: Theta, d: PriceDemand) -> Float[Array, "J J"]:
+    """∂s_j/∂p_k at prices ``p`` (0 on padding): closed form without nesting, autodiff with it."""
+    if theta.nested:
+        jac = jax.jacfwd(shares_at)(p, theta, d)
+    else:
+        log_p, _ = log_probabilities_at(p, theta, d)
+        P = jnp.exp(jnp.where(d.mask[None, :], log_p, -jnp.inf))
+        wPa = d.market.weights[:, None] * P * alpha(theta, d)
+        jac = jnp.diag(jnp.sum(wPa, axis=0)) - wPa.T @ P
+    return jnp.where(_both(d.mask), jac, 0.0)
+
+
+def lambda_gamma(p, theta: Theta, d: PriceDemand) -> tuple[Float[Array, " J"], Float[Array, "J J"]]:
+    """PyBLP's split ∂s/∂p = diag(Λ) − Γ (Λ is 1 on padding so that it can be inverted)."""
+    log_p, _ = log_probabilities_at(p, theta, d)
+    P = jnp.exp(jnp.where(d.mask[None, :], log_p, -jnp.inf))
+    lam = d.market.weights @ (P * alpha(theta, d))
+    if theta.nested:
+        lam = lam / (1.0 - theta.rho[d.market.nest_ids])
+    gamma = jnp.diag(lam) - share_jacobian(p, theta, d)
+    return jnp.where(d.mask, lam, 1.0), jnp.where(_both(d.mask), gamma, 0.0)
+
+
+def markups(p, theta: Theta, d: PriceDemand, ownership) -> Float[Array, " J"]:
+    """η(p) = Δ⁻¹ s with Δ = −O ⊙ (∂s/∂p)ᵀ: the markups p − c that rationalise prices ``p`` under ``ownership``."""
+    mask = d.mask
+    J = mask.shape[0]
+    capital_delta = -ownership * share_jacobian(p, theta, d).T
+    capital_delta = jnp.where(_both(mask), capital_delta, jnp.eye(J, dtype=p.dtype))
+    return jnp.where(mask, jnp.linalg.solve(capital_delta, shares_at(p, theta, d)), 0.0)
+
+
+def first_order_conditions(p, costs, theta: Theta, d: PriceDemand, ownership) -> Float[Array, " J"]:
+    """F(p) = s + (O ⊙ ∂s/∂pᵀ)(p − c): zero at equilibrium; p − p⁰ on padding (so ∂F/∂p is I there)."""
+    mask = d.mask
+    margin = jnp.where(mask, p - costs, 0.0)
+    F = shares_at(p, theta, d) + (ownership * share_jacobian(p, theta, d).T) @ margin
+    return jnp.where(mask, F, p - d.prices)
+
+
+def zeta_step(costs, theta: Theta, d: PriceDemand, ownership):
+    """p ↦ (c + ζ(p), |Λ(p)|): Morrow and Skerlos's ζ-markup map (padded prices map to themselves) and the
+    weights that turn a price step into a profit gradient (PyBLP's termination weights)."""
+    mask = d.mask
+
+    def g(p):
+        lam, gamma = lambda_gamma(p, theta, d)
+        # bound |Λ| away from zero as PyBLP does (a share that underflows)
+        lam = jnp.where(jnp.abs(lam) > 1e-300, lam, 1e-300)
+        margin = jnp.where(mask, p - costs, 0.0)
+        zeta = ((ownership * gamma.T) @ margin - shares_at(p, theta, d)) / lam
+        return jnp.where(mask, costs + zeta, p), jnp.where(mask, jnp.abs(lam), 0.0)
+
+    return g
+
+
+def zeta_map(costs, theta: Theta, d: PriceDemand, ownership):
+    """p ↦ c + ζ(p) (see :func:`zeta_step`)."""
+    g = zeta_step(costs, theta, d, ownership)
+    return lambda p: g(p)[0]
+
+
+def _iterate(g, p0, mask, config: ContractionConfig) -> FixedPoint:
+    """Simple iteration p ← g(p) until ‖|Λ| ⊙ Δp‖∞ < tol (PyBLP's criterion: the step weighted by |Λ| is the
+    profit gradient, so the tolerance does not depend on the units of prices); frozen once done."""
+    zero = jnp.asarray(0, jnp.int32)
+
+    def body(state):
+        p, n, done, status = state
+        new, weights = g(p)
+        norm = jnp.max(jnp.where(mask, weights * jnp.abs(new - p), 0.0))
+        finite = jnp.isfinite(norm) & jnp.all(jnp.where(mask, jnp.isfinite(new), True))
+        n_new = n + 1
+        converged = norm < config.tol
+        exhausted = n_new >= config.max_evaluations
+        code = jnp.where(
+            ~finite,
+            Status.NONFINITE,
+            jnp.where(converged, Status.CONVERGED, jnp.where(exhausted, Status.MAX_EVALUATIONS, 0)),
+        )
+        keep = done | ~finite
+        return (
+            jnp.where(keep, p, new),
+            jnp.where(done, n, n_new),
+            done | ~finite | converged | exhausted,
+            jnp.where(done, status, code).astype(status.dtype),
+        )
+
+    p, n, _, status = jax.lax.while_loop(lambda s: ~s[2], body, (p0, zero, jnp.asarray(False), zero))
+    return FixedPoint(p, n, status)
+
+
+def _instantiate(tangent, primal):
+    """Tangents for every differentiable leaf of ``primal`` (zeros where the caller passed none)."""
+    return jax.tree_util.tree_map(
+        lambda t, x: None if x is None else (jnp.zeros_like(x) if t is None else t),
+        tangent,
+        primal,
+        is_leaf=lambda v: v is None,
+    )
+
+
+@eqx.filter_custom_jvp
+def _pinned(args, p):
+    return p
+
+
+@_pinned.def_jvp
+def _pinned_jvp(primals, tangents):
+    """dp = −(∂F/∂p)⁻¹ (∂F/∂args · d args) at the solution p of F(p; args) = 0."""
+    args, p = primals
+    t_args, _ = tangents
+    diff, static = eqx.partition(args, eqx.is_inexact_array)
+    t_diff = _instantiate(t_args, diff)
+
+    def F(a, q):
+        return first_order_conditions(q, *eqx.combine(a, static))
+
+    _, rhs = jax.jvp(lambda a: F(a, p), (diff,), (t_diff,))
+    A = jax.jacfwd(lambda q: F(diff, q))(jax.lax.stop_gradient(p))
+    return p, -jnp.linalg.solve(jax.lax.stop_gradient(A), rhs)
+
+
+def equilibrium_prices(
+    costs: Float[Array, " J"],
+    theta: Theta,
+    d: PriceDemand,
+    ownership: Float[Array, "J J"],
+    p0: Float[Array, " J"],
+    config: ContractionConfig,
+) -> FixedPoint:
+    """Bertrand–Nash prices of one market given marginal costs and ownership, from starting prices ``p0``.
+
+    The solution's ``x`` carries the implicit derivative in (costs, θ, demand, ownership); ``p0`` carries none.
+    ``status`` is a :class:`Status` code (converged, evaluation limit, non-finite); ``config`` gives the
+    tolerance on ‖|Λ| ⊙ Δp‖∞ and the evaluation limit (method ``"simple"``).
+    """
+    if config.method != "simple":
+        raise BLPSpecificationError(
+            "equilibrium prices are solved by simple iteration of the ζ-markup map (as PyBLP's default, which "
+            f"converges reliably); pass ContractionConfig(method='simple', ...), not method={config.method!r}."
+        )
+    args = (costs, theta, d, ownership)
+    solved = jax.lax.stop_gradient(args)
+    p_start = jnp.where(d.mask, jax.lax.stop_gradient(p0), d.prices)
+    out = _iterate(zeta_step(*solved), p_start, d.mask, config)
+    x = jnp.where(d.mask, out.x, d.prices)
+    return FixedPoint(_pinned(args, jax.lax.stop_gradient(x)), out.evaluations, out.status)
+
+
+def equilibrium_prices_unrolled(costs, theta, d, ownership, p0, steps: int) -> Array:
+    """Prices after ``steps`` plain ζ-markup steps, differentiated by unrolling (to test the implicit rule)."""
+    g = zeta_map(costs, theta, d, ownership)
+    return jax.lax.fori_loop(0, steps, lambda _, p: g(p), jnp.where(d.mask, p0, d.prices))
+
+
+def passthrough(p, costs, theta: Theta, d: PriceDemand, ownership) -> Float[Array, "J J"]:
+    """∂p_j/∂c_k at the equilibrium p (PyBLP's pass-through): −(∂F/∂p)⁻¹ ∂F/∂c, 0 on padding."""
+    A = jax.jacfwd(first_order_conditions)(p, costs, theta, d, ownership)
+    B = jax.jacfwd(first_order_conditions, argnums=1)(p, costs, theta, d, ownership)
+    out = -jnp.linalg.solve(A, B)
+    return jnp.where(_both(d.mask), out, 0.0)
+
+
+def consumer_surplus(p, theta: Theta, d: PriceDemand, available=None) -> Float[Array, " I"]:
+    """Each agent's consumer surplus log(1 + Σ_j exp u_ij)/(−α_i) at prices ``p`` (per capita).
+
+    α_i is agent i's marginal utility of price; it must not vary across products (prices enter
+    utility linearly through one coefficient), which the caller checks.
+    """
+    _, lse = log_probabilities_at(p, theta, d, available)
+    a = alpha(theta, d)
+    first = jnp.argmax(d.mask)
+    return lse / -a[:, first]
+
+
+__all__ = [
+    "PriceDemand",
+    "alpha",
+    "consumer_surplus",
+    "equilibrium_prices",
+    "equilibrium_prices_unrolled",
+    "first_order_conditions",
+    "lambda_gamma",
+    "log_probabilities_at",
+    "markups",
+    "passthrough",
+    "share_jacobian",
+    "shares_at",
+    "utilities",
+    "zeta_map",
+    "zeta_step",
+]

@@ -1,0 +1,350 @@
+"""After estimation: costs, markups, profits, HHI, pass-through, equilibrium prices after a merger, shares and
+consumer surplus against PyBLP run in the test at the same parameters (Nevo, BLP autos); closed forms; the
+price fixed point's implicit derivative against finite differences and unrolled iterations; bad inputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import blpjax
+from blpjax.internal import equilibrium_prices, equilibrium_prices_unrolled, first_order_conditions
+
+RTOL, ATOL = 1e-8, 1e-12
+TIGHT = blpjax.ContractionConfig(method="simple", tol=1e-14)
+STEPS = 200  # unrolled ζ-markup steps (the Nevo market of the test converges in far fewer)
+
+
+def _close(ours, theirs, what, rtol=RTOL, atol=ATOL):
+    ours, theirs = np.asarray(ours, float), np.asarray(theirs, float)
+    ok = np.isfinite(theirs)
+    assert ours.shape == theirs.shape, (what, ours.shape, theirs.shape)
+    assert np.array_equal(ok, np.isfinite(ours)), what
+    np.testing.assert_allclose(ours[ok], theirs[ok], rtol=rtol, atol=atol, err_msg=what)
+
+
+def _by_market(series, pyblp_values, market_ids):
+    """PyBLP's per-market rows follow its sorted unique market ids; ours follow first appearance."""
+    return series.reindex(market_ids).to_numpy(), np.asarray(pyblp_values, float).ravel()
+
+
+NEVO_SIGMA = np.diag([0.3302, 2.4526, 0.0163, 0.2441])
+NEVO_PI = np.array(
+    [[5.4819, 0, 0.2037, 0], [15.8935, -1.2000, 0, 2.6342], [-0.2506, 0, 0.0511, 0], [1.2650, 0, -0.8091, 0]]
+)
+
+
+def _nevo(markets=None):
+    pyblp = pytest.importorskip("pyblp")
+    pyblp.options.verbose = False
+    products = pd.read_csv(pyblp.data.NEVO_PRODUCTS_LOCATION)
+    agents = pd.read_csv(pyblp.data.NEVO_AGENTS_LOCATION)
+    if markets is not None:
+        keep = products.market_ids.unique()[:markets]
+        products = products[products.market_ids.isin(keep)].reset_index(drop=True)
+        agents = agents[agents.market_ids.isin(keep)].reset_index(drop=True)
+    problem = blpjax.Problem(
+        products,
+        ("prices",),
+        ("1", "prices", "sugar", "mushy"),
+        absorb=("product_ids",),
+        agent_data=agents,
+        demographics=("income", "income_squared", "age", "child"),
+    )
+    # results at the tutorial's published estimates (no optimisation): β concentrated out, as PyBLP's 'return'
+    results = problem.solve(
+        NEVO_SIGMA, NEVO_PI, method="1s", optimizer=blpjax.ScipyOptimizer("bfgs", maxiter=0), throw=False
+    )
+    return pyblp, products, agents, results
+
+
+@pytest.fixture(scope="module")
+def nevo():
+    pyblp, products, agents, results = _nevo()
+    pp = pyblp.Problem(
+        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation("1 + prices + sugar + mushy")),
+        products,
+        pyblp.Formulation("0 + income + income_squared + age + child"),
+        agents,
+    )
+    theirs = pp.solve(NEVO_SIGMA, NEVO_PI, method="1s", optimization=pyblp.Optimization("return"))
+    return pyblp, products, results, theirs
+
+
+def test_costs_markups_profits_hhi_passthrough_match_pyblp(nevo):
+    pyblp, products, results, theirs = nevo
+    np.testing.assert_allclose(results.beta.to_numpy(), np.asarray(theirs.beta).ravel(), rtol=1e-10)
+    markets = theirs.problem.unique_market_ids.ravel()
+    _close(results.compute_costs(), theirs.compute_costs().ravel(), "costs")
+    _close(results.compute_markups(), theirs.compute_markups().ravel(), "Lerner markups (p − c)/p")
+    _close(results.compute_eta(), products.prices - theirs.compute_costs().ravel(), "markups p − c")
+    _close(results.compute_profits(), theirs.compute_profits().ravel(), "profits")
+    _close(*_by_market(results.compute_hhi(), theirs.compute_hhi().ravel(), markets), "HHI")
+    _close(results.compute_passthrough(layout="stacked"), theirs.compute_passthrough(), "pass-through")
+
+
+def test_merger_prices_shares_surplus_match_pyblp(nevo):
+    pyblp, products, results, theirs = nevo
+    markets = theirs.problem.unique_market_ids.ravel()
+    merged = products.firm_ids.replace(2, 1)  # firm 2 merges into firm 1
+    iteration = pyblp.Iteration("simple", {"atol": 1e-14})
+    p_theirs = theirs.compute_prices(firm_ids=merged.to_numpy()[:, None], iteration=iteration)
+    p_ours = results.compute_prices(firm_ids=merged, iteration=TIGHT)
+    _close(p_ours, p_theirs.ravel(), "merger prices")
+    assert np.abs(p_ours.to_numpy() - products.prices.to_numpy()).max() > 1e-3  # the merger moves prices
+    _close(
+        results.compute_approximate_prices(firm_ids=merged),
+        theirs.compute_approximate_prices(firm_ids=merged.to_numpy()[:, None]).ravel(),
+        "approximate merger prices",
+    )
+    s_ours = results.compute_shares(p_ours)
+    s_theirs = theirs.compute_shares(p_theirs).ravel()
+    _close(s_ours, s_theirs, "post-merger shares")
+    c_theirs = theirs.compute_costs()
+    _close(
+        results.compute_profits(p_ours, s_ours),
+        theirs.compute_profits(p_theirs, s_theirs[:, None], c_theirs).ravel(),
+        "post-merger profits",
+    )
+    _close(
+        *_by_market(
+            results.compute_hhi(merged, s_ours),
+            theirs.compute_hhi(merged.to_numpy()[:, None], s_theirs[:, None]),
+            markets,
+        ),
+        "post-merger HHI",
+    )
+    cs_change = results.compute_consumer_surpluses(p_ours) - results.compute_consumer_surpluses()
+    theirs_change = theirs.compute_consumer_surpluses(p_theirs) - theirs.compute_consumer_surpluses()
+    _close(*_by_market(cs_change, theirs_change.ravel(), markets), "consumer surplus change")
+    agents = results.compute_consumer_surpluses(keep_all=True)
+    _close(agents.reindex(markets).to_numpy(), theirs.compute_consumer_surpluses(keep_all=True), "per-agent surplus")
+    gone = list(products.product_ids.iloc[[0, 3]])
+    _close(
+        *_by_market(
+            results.compute_consumer_surpluses(eliminate_product_ids=gone),
+            theirs.compute_consumer_surpluses(eliminate_product_ids=gone).ravel(),
+            markets,
+        ),
+        "surplus without two products",
+    )
+    # unchanged ownership and costs: the data are the equilibrium, from any start
+    again = results.compute_prices(prices=products.prices * 1.2, iteration=TIGHT)
+    _close(again, products.prices, "prices of the data's own equilibrium", rtol=1e-10)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:duplicate rows")  # the autos data have twin rows, as PyBLP's tutorial notes
+@pytest.mark.filterwarnings("ignore:agent_data weights sum", "ignore:Integration weights")  # importance sampling
+def test_blp_autos_merger_matches_pyblp():
+    pyblp = pytest.importorskip("pyblp")
+    pyblp.options.verbose = False
+    products = pd.read_csv(pyblp.data.BLP_PRODUCTS_LOCATION)
+    agents = pd.read_csv(pyblp.data.BLP_AGENTS_LOCATION)
+    sigma = np.diag([3.612, 0, 4.628, 1.818, 1.050, 2.056])
+    pi = np.c_[[0, -43.501, 0, 0, 0, 0]]
+    x1, x2 = ("1", "hpwt", "air", "mpd", "space"), ("1", "prices", "hpwt", "air", "mpd", "space")
+    ours_agents = agents[["market_ids", "weights"]].copy()
+    ours_agents["inv_income"] = 1 / agents["income"]
+    for k in range(len(x2)):
+        ours_agents[f"nodes{k}"] = 0.0
+    for source, k in enumerate(np.flatnonzero(np.diag(sigma) != 0)):
+        ours_agents[f"nodes{k}"] = agents[f"nodes{source}"].to_numpy()
+    problem = blpjax.Problem(products, x1, x2, agent_data=ours_agents, demographics=("inv_income",))
+    results = problem.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("bfgs", maxiter=0), throw=False)
+    pp = pyblp.Problem(
+        (pyblp.Formulation(" + ".join(x1)), pyblp.Formulation(" + ".join(x2))),
+        products,
+        pyblp.Formulation("0 + I(1 / income)"),
+        agents,
+    )
+    theirs = pp.solve(sigma, pi, method="1s", optimization=pyblp.Optimization("return"))
+    markets = pp.unique_market_ids.ravel()
+    _close(results.compute_costs(), theirs.compute_costs().ravel(), "autos costs")
+    merged = products.firm_ids.replace(19, 18)  # two of the larger firms
+    p_theirs = theirs.compute_prices(
+        firm_ids=merged.to_numpy()[:, None], iteration=pyblp.Iteration("simple", {"atol": 1e-14})
+    )
+    p_ours = results.compute_prices(firm_ids=merged, iteration=TIGHT)
+    _close(p_ours, p_theirs.ravel(), "autos merger prices")
+    change = results.compute_consumer_surpluses(p_ours) - results.compute_consumer_surpluses()
+    _close(
+        *_by_market(
+            change, (theirs.compute_consumer_surpluses(p_theirs) - theirs.compute_consumer_surpluses()).ravel(), markets
+        ),
+        "autos consumer surplus change",
+    )
+
+
+# --- closed forms -------------------------------------------------------------------------------
+def _logit_results(seed=0, T=6, J=4):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in range(T):
+        x = rng.normal(size=J)
+        z = rng.normal(size=(J, 2))
+        p = 1 + 0.5 * z[:, 0] + 0.3 * rng.normal(size=J)
+        u = 1 + x - 2 * p + 0.2 * rng.normal(size=J)
+        s = np.exp(u) / (1 + np.exp(u).sum())
+        for j in range(J):
+            rows.append(
+                dict(
+                    market_ids=t,
+                    product_ids=j,
+                    firm_ids=j,
+                    shares=s[j],
+                    prices=p[j],
+                    x=x[j],
+                    demand_instruments0=z[j, 0],
+                    demand_instruments1=z[j, 1],
+                )
+            )
+    df = pd.DataFrame(rows)
+    return df, blpjax.Problem(df, ("1", "prices", "x")).solve(method="1s")
+
+
+def test_logit_markups_and_monopoly_prices_closed_forms():
+    df, results = _logit_results()
+    alpha = results.beta["prices"]
+    s, p = df.shares.to_numpy(), df.prices.to_numpy()
+    # single-product firms: p − c = −1/(α(1 − s))
+    _close(results.compute_eta(), -1 / (alpha * (1 - s)), "single-product logit markups", rtol=1e-12)
+    # one firm owns everything: every product's markup is −1/(α s₀) at the new equilibrium
+    costs = results.compute_costs()
+    monopoly = results.compute_prices(firm_ids=np.zeros(len(df)), iteration=TIGHT)
+    new_shares = pd.Series(results.compute_shares(monopoly), index=df.index)
+    s0 = 1 - new_shares.groupby(df.market_ids).transform("sum")
+    _close(monopoly - costs, -1 / (alpha * s0), "monopoly logit markups", rtol=1e-10)
+    assert (monopoly > df.prices).all()
+
+
+# --- derivatives ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_nevo():
+    return _nevo(markets=6)
+
+
+def test_price_fixed_point_derivative_matches_unrolled_and_finite_differences(small_nevo):
+    _, products, _, results = small_nevo
+    fitted = results.fitted
+    t = 0
+    theta, demand = fitted.theta, jax.tree_util.tree_map(lambda a: a[t], fitted.demand)
+    merged = jnp.where(fitted.firm_ids[t] == 2, 1, fitted.firm_ids[t])
+    O = (merged[:, None] == merged[None, :]) & demand.mask[:, None] & demand.mask[None, :]
+    O = O.astype(jnp.float64)
+    costs = fitted.compute_costs()[t]
+
+    @jax.jit
+    def implicit(c, sigma):
+        th = blpjax.Theta(sigma, theta.pi, theta.rho)
+        return equilibrium_prices(c, th, demand, O, demand.prices, TIGHT).x
+
+    @jax.jit
+    def unrolled(c, sigma):
+        th = blpjax.Theta(sigma, theta.pi, theta.rho)
+        return equilibrium_prices_unrolled(c, th, demand, O, demand.prices, STEPS)
+
+    p = implicit(costs, theta.sigma)
+    assert np.abs(np.asarray(first_order_conditions(p, costs, theta, demand, O))).max() < 1e-12
+    np.testing.assert_allclose(unrolled(costs, theta.sigma), p, rtol=1e-12)  # enough steps to converge
+    ift = jax.jit(jax.jacfwd(implicit, argnums=(0, 1)))(costs, theta.sigma)
+    unr = jax.jit(jax.jacfwd(unrolled, argnums=(0, 1)))(costs, theta.sigma)
+    for a, b in zip(ift, unr, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-10)
+    # finite differences in one cost and one σ entry
+    h = 1e-5
+    e = jnp.zeros_like(costs).at[0].set(h)
+    fd = (implicit(costs + e, theta.sigma) - implicit(costs - e, theta.sigma)) / (2 * h)
+    np.testing.assert_allclose(ift[0][:, 0], fd, rtol=1e-6, atol=1e-9)
+    # reverse mode transposes the same rule
+    g = jax.jit(jax.grad(lambda c: implicit(c, theta.sigma).sum()))(costs)
+    np.testing.assert_allclose(g, ift[0].sum(axis=0), rtol=1e-10)
+
+
+def test_merger_jacobian_in_the_estimates_matches_finite_differences(small_nevo):
+    _, products, _, results = small_nevo
+    fitted = results.fitted
+    merged = jnp.where(fitted.firm_ids == 2, 1, fitted.firm_ids)
+
+    def price_change(f):
+        return f.compute_prices(ownership=f.ownership(merged), iteration=TIGHT).x - f.prices
+
+    def surplus_change(f):
+        p = f.compute_prices(ownership=f.ownership(merged), iteration=TIGHT).x
+        return f.compute_consumer_surpluses(p) - f.compute_consumer_surpluses()
+
+    x = fitted.x
+    solve = blpjax.ContractionConfig(tol=1e-14)
+    for fn in (price_change, surplus_change):
+        out = results.delta_method(fn)
+        G = np.asarray(out.jacobian).reshape(-1, x.shape[0])
+        g = jax.jit(lambda v, fn=fn: fn(fitted.at(v, solve=solve)).ravel())
+        np.testing.assert_allclose(g(x), np.asarray(out.estimate).ravel(), rtol=1e-10, atol=1e-13)
+        for k in range(x.shape[0]):
+            h = 1e-5 * max(1.0, abs(float(x[k])))
+            e = jnp.zeros_like(x).at[k].set(h)
+            fd = (g(x + e) - g(x - e)) / (2 * h)
+            scale = np.abs(G).max()
+            np.testing.assert_allclose(G[:, k], fd, rtol=1e-6, atol=1e-6 * scale, err_msg=f"{fn.__name__} {k}")
+        assert np.isfinite(np.asarray(out.se)).all()
+
+
+def test_standard_errors_of_outputs_are_labelled_and_positive(small_nevo):
+    _, products, _, results = small_nevo
+    merged = products.firm_ids.replace(2, 1)
+    out = results.compute_prices(firm_ids=merged, se=True)
+    assert list(out.columns) == ["estimate", "se"] and out.index.equals(products.index)
+    _close(out["estimate"], results.compute_prices(firm_ids=merged), "estimate column")
+    assert (out["se"] > 0).all()
+    costs = results.compute_costs(se=True)
+    # costs = p − η: their standard error is η's
+    _close(costs["se"], results.compute_eta(se=True)["se"], "se of costs and of markups", rtol=1e-10)
+    hhi = results.compute_hhi(se=True)
+    np.testing.assert_array_equal(hhi["se"], 0.0)  # observed shares: no parameter moves the HHI
+
+
+# --- bad inputs ----------------------------------------------------------------------------------
+def test_bad_counterfactual_inputs_are_refused(small_nevo):
+    _, products, _, results = small_nevo
+    N = len(products)
+    with pytest.raises(blpjax.BLPSpecificationError, match="ownership must be PyBLP's stacked"):
+        results.compute_prices(ownership=np.eye(3))
+    with pytest.raises(blpjax.BLPSpecificationError, match="firm_ids or ownership, not both"):
+        results.compute_prices(firm_ids=products.firm_ids, ownership=np.ones((N, 24)))
+    with pytest.raises(blpjax.BLPSpecificationError, match="one label per product row"):
+        results.compute_prices(firm_ids=products.firm_ids.to_numpy()[1:])
+    with pytest.raises(blpjax.BLPSpecificationError, match="missing"):
+        results.compute_prices(firm_ids=products.firm_ids.iloc[1:])
+    bad = np.ones((N, 24))
+    bad[0, 0] = np.nan
+    with pytest.raises(blpjax.BLPSpecificationError, match="NaN or infinite entries in market"):
+        results.compute_costs(ownership=bad)
+    with pytest.raises(blpjax.BLPSpecificationError, match="unknown product id"):
+        results.compute_consumer_surpluses(eliminate_product_ids=["no such cereal"])
+    with pytest.raises(blpjax.BLPSpecificationError, match="NaN"):
+        results.compute_prices(costs=products.prices * np.nan)
+    with pytest.raises(blpjax.BLPEstimationError, match="did not converge in .* market"):
+        results.compute_prices(
+            firm_ids=products.firm_ids.replace(2, 1),
+            iteration=blpjax.ContractionConfig(method="simple", max_evaluations=2),
+        )
+    with pytest.warns(blpjax.BLPNumericalWarning, match="evaluation limit"):
+        results.compute_prices(
+            firm_ids=products.firm_ids.replace(2, 1),
+            iteration=blpjax.ContractionConfig(method="simple", max_evaluations=2),
+            throw=False,
+        )
+    # a reordered Series is aligned by its index, never by position
+    merged = products.firm_ids.replace(2, 1)
+    shuffled = merged.sample(frac=1.0, random_state=0)
+    _close(results.compute_prices(firm_ids=shuffled), results.compute_prices(firm_ids=merged), "aligned firm ids")
+
+
+def test_post_estimation_without_firm_ids_says_so():
+    df, results = _logit_results()
+    no_firms = blpjax.Problem(df.drop(columns="firm_ids"), ("1", "prices", "x")).solve(method="1s")
+    with pytest.raises(blpjax.BLPSpecificationError, match="no 'firm_ids' column"):
+        no_firms.compute_costs()
+    # firm ids given to the call instead
+    _close(no_firms.compute_costs(firm_ids=df.firm_ids), results.compute_costs(), "costs with firm_ids given")
