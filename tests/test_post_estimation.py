@@ -348,3 +348,68 @@ def test_post_estimation_without_firm_ids_says_so():
         no_firms.compute_costs()
     # firm ids given to the call instead
     _close(no_firms.compute_costs(firm_ids=df.firm_ids), results.compute_costs(), "costs with firm_ids given")
+
+
+def test_diversion_aggregate_elasticities_probabilities_diagonals_match_pyblp(nevo):
+    pyblp, products, results, theirs = nevo
+    markets = theirs.problem.unique_market_ids.ravel()
+    _close(
+        results.compute_long_run_diversion_ratios(layout="stacked"),
+        theirs.compute_long_run_diversion_ratios(),
+        "long-run diversion ratios",
+    )
+    _close(
+        *_by_market(results.compute_aggregate_elasticities(), theirs.compute_aggregate_elasticities().ravel(), markets),
+        "aggregate elasticities",
+    )
+    _close(results.compute_probabilities(), theirs.compute_probabilities(), "choice probabilities")
+    E = results.compute_elasticities(layout="stacked")
+    _close(results.extract_diagonals(E), theirs.extract_diagonals(E).ravel(), "own elasticities")
+    _close(
+        *_by_market(results.extract_diagonal_means(E), theirs.extract_diagonal_means(E).ravel(), markets),
+        "mean own elasticities",
+    )
+
+
+def test_hypothesis_tests_match_pyblp():
+    pyblp = pytest.importorskip("pyblp")
+    pyblp.options.verbose = False
+    products = pd.read_csv(pyblp.data.NEVO_PRODUCTS_LOCATION)
+    agents = pd.read_csv(pyblp.data.NEVO_AGENTS_LOCATION)
+    keep = products.market_ids.unique()[:40]  # a smaller problem: the statistics are the same maths
+    products = products[products.market_ids.isin(keep)].reset_index(drop=True)
+    agents = agents[agents.market_ids.isin(keep)].reset_index(drop=True)
+    formulations = (
+        pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
+        pyblp.Formulation("1 + prices + sugar + mushy"),
+    )
+    pp = pyblp.Problem(formulations, products, pyblp.Formulation("0 + income + income_squared + age + child"), agents)
+    bp = blpjax.Problem(
+        products,
+        ("prices",),
+        ("1", "prices", "sugar", "mushy"),
+        absorb=("product_ids",),
+        agent_data=agents,
+        demographics=("income", "income_squared", "age", "child"),
+    )
+    restricted_pi = NEVO_PI.copy()
+    restricted_pi[3, 0] = 0  # mushy × income out
+    fit = {}
+    for name, pi in (("unrestricted", NEVO_PI), ("restricted", restricted_pi)):
+        theirs = pp.solve(NEVO_SIGMA, pi, method="2s", optimization=pyblp.Optimization("return"))
+        ours = bp.solve(NEVO_SIGMA, pi, method="2s", optimizer=blpjax.ScipyOptimizer("bfgs", maxiter=0), throw=False)
+        fit[name] = (ours, theirs)
+    ours, theirs = fit["unrestricted"]
+    np.testing.assert_allclose(ours.run_hansen_test(), theirs.run_hansen_test(), rtol=1e-8)
+    np.testing.assert_allclose(ours.run_lm_test(), theirs.run_lm_test(), rtol=1e-6)
+    K = len(ours.labels)
+    R = np.zeros((2, K))
+    R[0, 0] = 1.0  # σ_constant = 0.3
+    R[1, ours.labels.index("beta[prices]")] = 1.0  # β_prices = −30
+    r = np.array([ours.parameters["estimate"].iloc[0] - 0.3, ours.beta["prices"] + 30])
+    np.testing.assert_allclose(ours.run_wald_test(r, R), theirs.run_wald_test(r[:, None], R), rtol=1e-6)
+    np.testing.assert_allclose(
+        fit["restricted"][0].run_distance_test(ours), fit["restricted"][1].run_distance_test(theirs), rtol=1e-8
+    )
+    with pytest.raises(blpjax.BLPSpecificationError, match="restrictions_jacobian must be 2 × "):
+        ours.run_wald_test(r, R[:, :-1])

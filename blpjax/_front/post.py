@@ -290,6 +290,55 @@ class PostEstimation:
         df["pct_change"] = 100 * (df["new_shares"] / df["shares"] - 1)
         return df
 
+    def compute_aggregate_elasticities(self, factor: float = 0.1, name: str = "prices", market_id=None):
+        """Per market, (Σ_j s_j(x(1 + factor)) − Σ_j s_j)/factor: the inside goods' response to scaling x."""
+        x, ch = self._characteristic(name)
+        s_new = _vmapped_cf(
+            counterfactual_shares, x * (1 + factor), x, self.final.delta, self.theta, self.setup.market, ch
+        )
+        s_old = _vmapped_cf(counterfactual_shares, x, x, self.final.delta, self.theta, self.setup.market, ch)
+        values = np.asarray(jnp.sum(s_new - s_old, axis=1)) / factor
+        out = pd.Series(values, index=pd.Index(self.index.market_ids, name="market_ids"), name="aggregate_elasticity")
+        return out if market_id is None else out.iloc[[self._market_rows(market_id)]]
+
+    def compute_long_run_diversion_ratios(self, layout: str = "long"):
+        """Diversion when a product leaves the market: (s_k without j − s_k)/s_j; the diagonal is diversion to the
+        outside good (PyBLP's definition)."""
+        return self._layout(self._run("compute_long_run_diversion_ratios"), layout, "diversion")
+
+    def compute_probabilities(self, prices=None) -> np.ndarray:
+        """Agents' choice probabilities in PyBLP's layout: one row per product (row order), one column per agent
+        of its market (NaN beyond a market's agents), at ``prices`` (observed by default), ξ held fixed."""
+        p = self._optional(prices, "compute_probabilities(prices)")
+        P = np.asarray(self._run("compute_probabilities", p))  # (T, I, J)
+        P = np.where((np.asarray(self.setup.market.weights) != 0)[:, :, None], P, np.nan)
+        return self._flat(np.swapaxes(P, 1, 2))
+
+    def extract_diagonals(self, matrices) -> np.ndarray:
+        """The diagonal of each market's block of a stacked N × J_max matrix (elasticities, diversion ratios), one
+        value per product in row order."""
+        M = self._stacked_input(matrices, "extract_diagonals")
+        position = self._flat(np.broadcast_to(np.arange(self.index.rows.shape[1]), self.index.rows.shape))
+        return M[np.arange(M.shape[0]), position]
+
+    def extract_diagonal_means(self, matrices) -> pd.Series:
+        """The mean of each market's diagonal of a stacked N × J_max matrix (e.g. mean own-price elasticity)."""
+        diagonals = pd.Series(self.extract_diagonals(matrices))
+        means = diagonals.groupby(self._flat_market_ids(), sort=False).mean()
+        return pd.Series(
+            means.reindex(self.index.market_ids).to_numpy(), index=pd.Index(self.index.market_ids, name="market_ids")
+        )
+
+    def _stacked_input(self, matrices, what: str) -> np.ndarray:
+        M = np.asarray(matrices, dtype=np.float64)
+        J = self.index.rows.shape[1]
+        if M.ndim != 2 or M.shape[0] != self.index.n_rows or M.shape[1] < J:
+            raise BLPSpecificationError(
+                f"{what}: expected a stacked matrix with one row per product ({self.index.n_rows}) and at least {J} "
+                f"columns (as compute_elasticities(layout='stacked') returns), got shape {M.shape}."
+            )
+        return M
+
     # --- costs, markups, profits, concentration ---------------------------------------------
     def compute_costs(self, firm_ids=None, ownership=None, market_id=None, se: bool = False):
         """Marginal costs c = p − η from Bertrand–Nash first-order conditions at the observed prices, under the

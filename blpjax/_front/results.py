@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .._base.errors import BLPSpecificationError, Status
-from .._engine.gmm import Concentration
+from .._base.errors import BLPNumericalWarning, BLPSpecificationError, Status
+from .._engine.gmm import Concentration, condition_number, symmetric_inverse_host
 from .._estimation.diagnosis import diagnose
 from .._estimation.programs import Engine
 from .._layouts.layouts import Padded
@@ -299,6 +300,51 @@ class Results(PostEstimation):
 
     def __repr__(self) -> str:
         return self.summary()
+
+    # --- hypothesis tests (PyBLP's definitions) ---------------------------------------------
+    def run_hansen_test(self) -> float:
+        """Hansen's J = N ḡ'Wḡ, the objective (valid with an optimal W: after two-step GMM)."""
+        return self.objective
+
+    def run_distance_test(self, unrestricted: Results) -> float:
+        """The distance (likelihood-ratio-like) statistic J(restricted) − J(unrestricted); ``self`` is the
+        restricted model. Both need an optimal W and the same products."""
+        if not isinstance(unrestricted, Results):
+            raise BLPSpecificationError(
+                "run_distance_test: unrestricted must be the Results of the unrestricted model."
+            )
+        if unrestricted.index.n_rows != self.index.n_rows:
+            raise BLPSpecificationError("run_distance_test: the two models must be estimated on the same products.")
+        return self.run_hansen_test() - unrestricted.run_hansen_test()
+
+    def run_lm_test(self) -> float:
+        """The Lagrange-multiplier statistic N (G'Wḡ)' V (G'Wḡ), V the parameters' (unscaled) covariance."""
+        g = np.asarray(self.final.moments_jacobian).T @ np.asarray(self.final.W) @ np.asarray(self.final.moments)
+        return float(self.index.n_rows * g @ np.asarray(self.final.covariances) @ g)
+
+    def run_wald_test(self, restrictions, restrictions_jacobian) -> float:
+        """The Wald statistic r'(R V̂ R')⁻¹r for restrictions r(θ̂) = 0 with Jacobian R (one column per parameter
+        in :attr:`labels` order; V̂ = :attr:`covariances`). A near-singular R V̂ R' is pseudo-inverted with a warning."""
+        r = np.asarray(restrictions, dtype=np.float64).reshape(-1)
+        R = np.atleast_2d(np.asarray(restrictions_jacobian, dtype=np.float64))
+        K = len(self.labels)
+        if R.shape != (r.shape[0], K):
+            raise BLPSpecificationError(
+                f"run_wald_test: restrictions_jacobian must be {r.shape[0]} × {K} (one row per restriction, one column "
+                f"per parameter in results.labels order: {self.labels}), not {R.shape}."
+            )
+        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(R))):
+            raise BLPSpecificationError("run_wald_test: the restrictions and their Jacobian must be finite.")
+        A = R @ self.covariances.to_numpy() @ R.T
+        cond = float(condition_number(A, xp=np))
+        if not cond < 1 / np.finfo(np.float64).eps:
+            warnings.warn(
+                f"run_wald_test: R V R' is near singular (condition number {cond:.3g}); its pseudo-inverse is used, as "
+                "PyBLP does. Check for redundant restrictions.",
+                BLPNumericalWarning,
+                stacklevel=2,
+            )
+        return float(r @ symmetric_inverse_host(A) @ r)
 
     # --- optimal micro moments (Conlon & Gortmaker 2025; see blpjax._scores) ---------------
     def compute_micro_scores(self, dataset, micro_data, integration=None) -> pd.DataFrame:

@@ -179,6 +179,37 @@ class Fitted(eqx.Module):
         c = self.compute_costs(O)
         return jax.vmap(eq.passthrough, in_axes=(0, 0, None, 0, 0))(self.prices, c, self.theta, self.demand, O)
 
+    def compute_probabilities(self, prices=None) -> Float[Array, "T I J"]:
+        """Choice probabilities P_ij of every agent at ``prices`` (observed by default), 0 on padding."""
+        p = self.prices if prices is None else prices
+
+        def one(q, d):
+            log_p, _ = eq.log_probabilities_at(q, self.theta, d)
+            return jnp.where(d.mask[None, :], jnp.exp(log_p), 0.0)
+
+        return jax.vmap(one)(p, self.demand)
+
+    def compute_long_run_diversion_ratios(self) -> Float[Array, "T J J"]:
+        """(s_k without j − s_k)/s_j when product j leaves the market; the diagonal is diversion to the outside
+        good (PyBLP's long-run diversion ratios), at the observed prices."""
+
+        def one(d):
+            J = d.mask.shape[0]
+            base = eq.shares_at(d.prices, self.theta, d)
+
+            def without(j):
+                gone = eqx.tree_at(lambda x: x.market.mask, d, d.mask & (jnp.arange(J) != j))
+                s = eq.shares_at(d.prices, self.theta, gone)
+                return (s - base) / jnp.where(d.mask[j], base[j], 1.0)
+
+            R = jax.vmap(without)(jnp.arange(J))  # (j, k)
+            eye = jnp.eye(J, dtype=bool)
+            outside = 1.0 - jnp.sum(jnp.where(eye, 0.0, R), axis=1)
+            R = jnp.where(eye, outside[:, None], R)
+            return jnp.where(d.mask[:, None] & d.mask[None, :], R, 0.0)
+
+        return jax.vmap(one)(self.demand)
+
     def compute_consumer_surpluses(self, prices=None, eliminate=None, keep_all: bool = False):
         """Consumer surplus per market (Σ_i w_i CS_i), or per agent with ``keep_all``, at ``prices``;
         ``eliminate`` (T, J) removes products from every choice set."""
