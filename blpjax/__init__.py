@@ -41,6 +41,7 @@ from ._model.integration import Integration as Integration
 from ._model.market import Market as Market
 from ._model.market import Theta as Theta
 from ._post.fitted import Fitted as Fitted
+from ._post.inference import Bootstrap as Bootstrap
 from ._post.inference import DeltaMethod as DeltaMethod
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Agents",
     "BLPDataError",
+    "Bootstrap",
     "BLPDataWarning",
     "BLPEstimationError",
     "BLPNumericalWarning",

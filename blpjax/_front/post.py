@@ -24,7 +24,7 @@ from .._base.errors import BLPEstimationError, BLPNumericalWarning, BLPSpecifica
 from .._inversion.contraction import ContractionConfig
 from .._model.post import Characteristic, counterfactual_shares, diversion_ratios, elasticities
 from .._post.fitted import Fitted, check_linear_prices
-from .._post.inference import DeltaMethod, delta_method
+from .._post.inference import Bootstrap, DeltaMethod, bootstrap, delta_method
 
 
 @jit(once=True, inline=True, static_argnums=(0,))
@@ -53,6 +53,11 @@ class _Call(eqx.Module):
 
 _evaluate = eqx.filter_jit(lambda call, fitted: call(fitted))
 _delta_method = eqx.filter_jit(delta_method)
+
+
+@eqx.filter_jit
+def _bootstrap(fn, fitted, covariance, draws, key, config, lower, upper, batch_size):
+    return bootstrap(fn, fitted, covariance, draws, key, config, lower, upper, batch_size)
 
 
 class PostEstimation:
@@ -91,6 +96,84 @@ class PostEstimation:
             >>> out = results.delta_method(lambda f: f.compute_prices(ownership=merged).x - f.prices)
         """
         return _delta_method(fn, self.fitted, jnp.asarray(self.covariances.to_numpy()))
+
+    def bootstrap(
+        self, fn, draws: int = 1000, seed: int | None = None, iteration=None, batch_size: int = 100
+    ) -> Bootstrap:
+        """PyBLP's parametric bootstrap of ``fn(fitted)``: parameters drawn from N(x̂, V̂) (V̂ = :attr:`covariances`,
+        θ clipped to its bounds), δ(θ) solved again at every draw, ``fn`` evaluated there; ``batch_size`` draws
+        at a time in one vmapped program. Returns a :class:`Bootstrap` (values with a leading draws axis, the
+        draws, and which draws had a failed share inversion, with a warning if any).
+
+        A draw can make demand admit no equilibrium (upward-sloping demand for some agents): let ``fn`` mark it,
+        e.g. ``fp = f.compute_prices(ownership=O); return jnp.where(fp.status[:, None] == 0, fp.x, jnp.nan)``,
+        and use ``np.nanpercentile``.
+
+        Example:
+            >>> boot = results.bootstrap(lambda f: f.compute_costs(), draws=200, seed=0)
+            >>> lower, upper = np.percentile(boot.values, [2.5, 97.5], axis=0)
+        """
+        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+            raise BLPSpecificationError(f"draws must be a positive integer, not {draws!r}.")
+        config = self.config if iteration is None else iteration
+        if not isinstance(config, ContractionConfig):
+            raise BLPSpecificationError("iteration must be a blpjax.ContractionConfig (the share inversion's).")
+        K = len(self.labels) - self.spec.P
+        lower = jnp.concatenate([jnp.asarray(self.spec.lower, jnp.float64), jnp.full(K, -jnp.inf)])
+        upper = jnp.concatenate([jnp.asarray(self.spec.upper, jnp.float64), jnp.full(K, jnp.inf)])
+        key = jax.random.key(np.random.SeedSequence(seed).generate_state(1)[0] if seed is None else seed)
+        out = _bootstrap(
+            fn,
+            self.fitted,
+            jnp.asarray(self.covariances.to_numpy()),
+            draws,
+            key,
+            config,
+            lower,
+            upper,
+            min(batch_size, draws),
+        )
+        failed = int(np.asarray(out.failed).sum())
+        if failed:
+            warnings.warn(
+                f"bootstrap: the share inversion failed in some market in {failed} of {draws} draws (out.failed marks "
+                "them); drop them or loosen the bounds.",
+                BLPNumericalWarning,
+                stacklevel=2,
+            )
+        return out
+
+    def ownership(self, firm_ids=None, kappa_specification=None) -> jnp.ndarray:
+        """Padded (T, J, J) ownership matrices for :meth:`delta_method` functions and :class:`Fitted` methods:
+        O_jk = κ(f_j, f_k) from ``firm_ids`` (a Series aligned by index, or row order; default the data's), with
+        PyBLP's ``kappa_specification``: a function κ(f, g) of two firm ids (partial ownership), ``"monopoly"``
+        (one owner), or None (1 within a firm, 0 across)."""
+        if kappa_specification == "monopoly":
+            return self.fitted.ownership(jnp.zeros_like(self.fitted.firm_ids))
+        if firm_ids is None:
+            self._require_firms("ownership")
+            labels = self.firm_labels
+        else:
+            labels = self.index.aligned(firm_ids, "ownership(firm_ids)", numeric=False)
+        codes, uniques = pd.factorize(pd.Series(labels), use_na_sentinel=False)
+        kappa = None
+        if kappa_specification is not None:
+            if not callable(kappa_specification):
+                raise BLPSpecificationError("kappa_specification must be a function kappa(f, g), 'monopoly' or None.")
+            kappa = np.array([[float(kappa_specification(f, g)) for g in uniques] for f in uniques])
+            if not np.all(np.isfinite(kappa)):
+                raise BLPSpecificationError("kappa_specification returned a non-finite value.")
+        padded = np.zeros(self.index.rows.shape, np.int64)
+        real = self.index.rows >= 0
+        padded[real] = codes[self.index.rows[real]]
+        return self.fitted.ownership(jnp.asarray(padded), None if kappa is None else jnp.asarray(kappa))
+
+    def to_rows(self, values) -> pd.Series | pd.DataFrame:
+        """A padded (T, J[, ...]) output (of :meth:`delta_method`, :class:`Fitted`) in product_data's row order,
+        indexed like product_data."""
+        flat = self._flat(np.asarray(values))
+        index = pd.Index(self.index.row_labels if self.index.row_labels is not None else np.arange(self.index.n_rows))
+        return pd.Series(flat, index=index) if flat.ndim == 1 else pd.DataFrame(flat, index=index)
 
     def _run(self, name, *args, attr=None, **kwargs):
         return _evaluate(_Call(name, args, kwargs, attr), self.fitted)
@@ -150,15 +233,15 @@ class PostEstimation:
                 "product), or pass firm_ids= or ownership= to this call."
             )
 
-    def _ownership(self, firm_ids, ownership, what: str, kappa=None):
-        """Padded (T, J, J) ownership from ``firm_ids`` (+ κ), a stacked PyBLP ownership array, or the data."""
+    def _ownership(self, firm_ids, ownership, what: str):
+        """Padded (T, J, J) ownership from ``firm_ids``, a stacked PyBLP ownership array, or the data."""
         if firm_ids is not None and ownership is not None:
             raise BLPSpecificationError(f"{what}: pass firm_ids or ownership, not both.")
         if ownership is None:
             if firm_ids is None:
                 self._require_firms(what)
-                return self.fitted.ownership(kappa=kappa)
-            return self.fitted.ownership(self._firm_codes(firm_ids, f"{what} firm_ids"), kappa=kappa)
+                return self.fitted.ownership()
+            return self.fitted.ownership(self._firm_codes(firm_ids, f"{what} firm_ids"))
         O = np.asarray(ownership, dtype=np.float64)
         T, J = self.index.rows.shape
         real = self.index.rows >= 0

@@ -119,6 +119,7 @@ class Problem:
         dX1, dX2 = price_derivative_arrays(product_data, self.index, price_derivatives)
         self.price_derivatives = (self.index.padded(dX1), self.index.padded(dX2))
         self.has_firm_ids = "firm_ids" in product_data.columns
+        self.firm_labels = product_data["firm_ids"].to_numpy() if self.has_firm_ids else None
         supply = None
         if self.costs:
             arrays = build_supply_arrays(product_data, self.index, self.costs, costs_type, price_derivatives)

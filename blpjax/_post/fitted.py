@@ -83,16 +83,27 @@ class Fitted(eqx.Module):
         Without ``solve``, δ stays at its solution for the current θ and only its first derivative moves:
         exact for first derivatives at the current parameters (what the delta method needs), cheap, but
         wrong in value at any other θ. With ``solve`` (a :class:`ContractionConfig`), δ(θ) is solved
-        again at ``x`` from the current δ (a bootstrap draw, finite differences).
+        again at ``x`` from the current δ (a bootstrap draw, finite differences; :meth:`solved_at` also
+        returns the inversion's status).
         """
+        if solve is not None:
+            return self.solved_at(x, solve)[0]
+        theta = self.spec.unpack(x[: self.spec.P])
+        d = self.demand
+        return self._with(x, jax.vmap(delta_at_solution, in_axes=(None, 0, 0))(theta, d.market, d.delta))
+
+    def solved_at(self, x: Float[Array, " P"], solve: ContractionConfig) -> tuple[Fitted, Int[Array, " T"]]:
+        """The model at ``x`` with δ(θ) solved again, and each market's inversion :class:`Status` code."""
+        theta = self.spec.unpack(x[: self.spec.P])
+        d = self.demand
+        out = jax.vmap(solve_delta, in_axes=(None, 0, 0, None))(theta, d.market, d.delta, solve)
+        return self._with(x, out.x), out.status
+
+    def _with(self, x, delta) -> Fitted:
         P, K1 = self.spec.P, self.beta.shape[0]
         theta = self.spec.unpack(x[:P])
         beta, gamma = x[P : P + K1], x[P + K1 :]
         d = self.demand
-        if solve is None:
-            delta = jax.vmap(delta_at_solution, in_axes=(None, 0, 0))(theta, d.market, d.delta)
-        else:
-            delta = jax.vmap(solve_delta, in_axes=(None, 0, 0, None))(theta, d.market, d.delta, solve).x
         demand = eq.PriceDemand(d.market, delta, d.prices, jnp.einsum("tjk,k->tj", self.dX1, beta), d.dX2)
         return Fitted(theta, beta, gamma, demand, self.dX1, self.firm_ids, self.shares, self.spec)
 

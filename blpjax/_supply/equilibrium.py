@@ -88,44 +88,51 @@ def _both(mask):
     return mask[:, None] & mask[None, :]
 
 
-def share_jacobian(p, theta: Theta, d: PriceDemand) -> Float[Array, "J J"]:
-    """∂s_j/∂p_k at prices ``p`` (0 on padding): closed form without nesting, autodiff with it."""
+def demand_derivatives(p, theta: Theta, d: PriceDemand):
+    """(s, Λ, ∂s/∂p) at prices ``p`` from one evaluation of the choice probabilities (0 on padding; Λ is 1
+    there so that it can be inverted). ∂s/∂p = diag(Λ) − Γ is PyBLP's split: Λ_j = Σ_i w_i P_ij α_ij/(1 − ρ_j);
+    the Jacobian is in closed form without nesting and by autodiff with it."""
+    mask = d.mask
+    log_p, _ = log_probabilities_at(p, theta, d)
+    P = jnp.exp(jnp.where(mask[None, :], log_p, -jnp.inf))
+    wP = d.market.weights[:, None] * P
+    wPa = wP * alpha(theta, d)
+    lam = jnp.sum(wPa, axis=0)
     if theta.nested:
+        lam = lam / (1.0 - theta.rho[d.market.nest_ids])
         jac = jax.jacfwd(shares_at)(p, theta, d)
     else:
-        log_p, _ = log_probabilities_at(p, theta, d)
-        P = jnp.exp(jnp.where(d.mask[None, :], log_p, -jnp.inf))
-        wPa = d.market.weights[:, None] * P * alpha(theta, d)
-        jac = jnp.diag(jnp.sum(wPa, axis=0)) - wPa.T @ P
-    return jnp.where(_both(d.mask), jac, 0.0)
+        jac = jnp.diag(lam) - wPa.T @ P
+    s = jnp.where(mask, jnp.sum(wP, axis=0), 0.0)
+    return s, jnp.where(mask, lam, 1.0), jnp.where(_both(mask), jac, 0.0)
+
+
+def share_jacobian(p, theta: Theta, d: PriceDemand) -> Float[Array, "J J"]:
+    """∂s_j/∂p_k at prices ``p`` (0 on padding)."""
+    return demand_derivatives(p, theta, d)[2]
 
 
 def lambda_gamma(p, theta: Theta, d: PriceDemand) -> tuple[Float[Array, " J"], Float[Array, "J J"]]:
     """PyBLP's split ∂s/∂p = diag(Λ) − Γ (Λ is 1 on padding so that it can be inverted)."""
-    log_p, _ = log_probabilities_at(p, theta, d)
-    P = jnp.exp(jnp.where(d.mask[None, :], log_p, -jnp.inf))
-    lam = d.market.weights @ (P * alpha(theta, d))
-    if theta.nested:
-        lam = lam / (1.0 - theta.rho[d.market.nest_ids])
-    gamma = jnp.diag(lam) - share_jacobian(p, theta, d)
-    return jnp.where(d.mask, lam, 1.0), jnp.where(_both(d.mask), gamma, 0.0)
+    _, lam, jac = demand_derivatives(p, theta, d)
+    return lam, jnp.where(_both(d.mask), jnp.diag(lam) - jac, 0.0)
 
 
 def markups(p, theta: Theta, d: PriceDemand, ownership) -> Float[Array, " J"]:
     """η(p) = Δ⁻¹ s with Δ = −O ⊙ (∂s/∂p)ᵀ: the markups p − c that rationalise prices ``p`` under ``ownership``."""
     mask = d.mask
     J = mask.shape[0]
-    capital_delta = -ownership * share_jacobian(p, theta, d).T
-    capital_delta = jnp.where(_both(mask), capital_delta, jnp.eye(J, dtype=p.dtype))
-    return jnp.where(mask, jnp.linalg.solve(capital_delta, shares_at(p, theta, d)), 0.0)
+    s, _, jac = demand_derivatives(p, theta, d)
+    capital_delta = jnp.where(_both(mask), -ownership * jac.T, jnp.eye(J, dtype=p.dtype))
+    return jnp.where(mask, jnp.linalg.solve(capital_delta, s), 0.0)
 
 
 def first_order_conditions(p, costs, theta: Theta, d: PriceDemand, ownership) -> Float[Array, " J"]:
     """F(p) = s + (O ⊙ ∂s/∂pᵀ)(p − c): zero at equilibrium; p − p⁰ on padding (so ∂F/∂p is I there)."""
     mask = d.mask
     margin = jnp.where(mask, p - costs, 0.0)
-    F = shares_at(p, theta, d) + (ownership * share_jacobian(p, theta, d).T) @ margin
-    return jnp.where(mask, F, p - d.prices)
+    s, _, jac = demand_derivatives(p, theta, d)
+    return jnp.where(mask, s + (ownership * jac.T) @ margin, p - d.prices)
 
 
 def zeta_step(costs, theta: Theta, d: PriceDemand, ownership):
@@ -134,11 +141,12 @@ def zeta_step(costs, theta: Theta, d: PriceDemand, ownership):
     mask = d.mask
 
     def g(p):
-        lam, gamma = lambda_gamma(p, theta, d)
+        s, lam, jac = demand_derivatives(p, theta, d)
+        gamma = jnp.where(_both(mask), jnp.diag(lam) - jac, 0.0)
         # bound |Λ| away from zero as PyBLP does (a share that underflows)
         lam = jnp.where(jnp.abs(lam) > 1e-300, lam, 1e-300)
         margin = jnp.where(mask, p - costs, 0.0)
-        zeta = ((ownership * gamma.T) @ margin - shares_at(p, theta, d)) / lam
+        zeta = ((ownership * gamma.T) @ margin - s) / lam
         return jnp.where(mask, costs + zeta, p), jnp.where(mask, jnp.abs(lam), 0.0)
 
     return g
@@ -268,6 +276,7 @@ __all__ = [
     "PriceDemand",
     "alpha",
     "consumer_surplus",
+    "demand_derivatives",
     "equilibrium_prices",
     "equilibrium_prices_unrolled",
     "first_order_conditions",
