@@ -53,9 +53,7 @@ def _nevo(markets=None):
         demographics=("income", "income_squared", "age", "child"),
     )
     # results at the tutorial's published estimates (no optimisation): β concentrated out, as PyBLP's 'return'
-    results = problem.solve(
-        NEVO_SIGMA, NEVO_PI, method="1s", optimizer=blpjax.ScipyOptimizer("bfgs", maxiter=0), throw=False
-    )
+    results = problem.solve(NEVO_SIGMA, NEVO_PI, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
     return pyblp, products, agents, results
 
 
@@ -152,7 +150,7 @@ def test_blp_autos_merger_matches_pyblp():
     for source, k in enumerate(np.flatnonzero(np.diag(sigma) != 0)):
         ours_agents[f"nodes{k}"] = agents[f"nodes{source}"].to_numpy()
     problem = blpjax.Problem(products, x1, x2, agent_data=ours_agents, demographics=("inv_income",))
-    results = problem.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("bfgs", maxiter=0), throw=False)
+    results = problem.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
     pp = pyblp.Problem(
         (pyblp.Formulation(" + ".join(x1)), pyblp.Formulation(" + ".join(x2))),
         products,
@@ -397,7 +395,7 @@ def test_hypothesis_tests_match_pyblp():
     fit = {}
     for name, pi in (("unrestricted", NEVO_PI), ("restricted", restricted_pi)):
         theirs = pp.solve(NEVO_SIGMA, pi, method="2s", optimization=pyblp.Optimization("return"))
-        ours = bp.solve(NEVO_SIGMA, pi, method="2s", optimizer=blpjax.ScipyOptimizer("bfgs", maxiter=0), throw=False)
+        ours = bp.solve(NEVO_SIGMA, pi, method="2s", optimizer=blpjax.ScipyOptimizer("return"))
         fit[name] = (ours, theirs)
     ours, theirs = fit["unrestricted"]
     np.testing.assert_allclose(ours.run_hansen_test(), theirs.run_hansen_test(), rtol=1e-8)
@@ -443,3 +441,45 @@ def test_delta_method_standard_errors_beside_a_parametric_bootstrap():
     ratio = np.std(np.asarray(boot.values), axis=0)[mask] / np.asarray(delta.se)[mask]
     print(f"bootstrap sd / delta-method se: median {np.median(ratio):.3f}, range {ratio.min():.3f}-{ratio.max():.3f}")
     assert 0.67 < np.median(ratio) < 1.5
+
+
+def test_nested_logit_merger_matches_pyblp():
+    """Nested logit (PyBLP's Nevo tutorial: nests by mushy, ρ = 0.7): costs, merger prices, surplus change."""
+    pyblp = pytest.importorskip("pyblp")
+    pyblp.options.verbose = False
+    products = pd.read_csv(pyblp.data.NEVO_PRODUCTS_LOCATION)
+    keep = products.market_ids.unique()[:30]
+    products = products[products.market_ids.isin(keep)].reset_index(drop=True)
+    products["nesting_ids"] = products["mushy"]
+    pp = pyblp.Problem(pyblp.Formulation("0 + prices", absorb="C(product_ids)"), products)
+    theirs = pp.solve(rho=0.7, optimization=pyblp.Optimization("return"))
+    results = blpjax.Problem(products, ("prices",), absorb=("product_ids",)).solve(
+        rho=0.7, method="2s", optimizer=blpjax.ScipyOptimizer("return")
+    )
+    markets = pp.unique_market_ids.ravel()
+    np.testing.assert_allclose(results.beta.to_numpy(), np.asarray(theirs.beta).ravel(), rtol=1e-9)
+    _close(results.compute_costs(), theirs.compute_costs().ravel(), "nested logit costs")
+    merged = products.firm_ids.replace(2, 1)
+    p_theirs = theirs.compute_prices(
+        firm_ids=merged.to_numpy()[:, None], iteration=pyblp.Iteration("simple", {"atol": 1e-14})
+    )
+    p_ours = results.compute_prices(firm_ids=merged, iteration=TIGHT)
+    _close(p_ours, p_theirs.ravel(), "nested logit merger prices")
+    change = results.compute_consumer_surpluses(p_ours) - results.compute_consumer_surpluses()
+    theirs_change = theirs.compute_consumer_surpluses(p_theirs) - theirs.compute_consumer_surpluses()
+    _close(*_by_market(change, theirs_change.ravel(), markets), "nested logit surplus change")
+    _close(results.compute_passthrough(layout="stacked"), theirs.compute_passthrough(), "nested pass-through")
+
+
+def test_return_evaluates_at_the_given_parameters_and_maxiter_zero_does_not_move():
+    """PyBLP's Optimization('return'): results at fixed parameters, reported as such; SciPy's L-BFGS-B takes a step
+    even with maxiter=0, which must not happen (it moved ρ from 0.7 to 0.99 on a Nevo nested logit)."""
+    df, _ = _logit_results()
+    df["nesting_ids"] = df.product_ids % 2
+    problem = blpjax.Problem(df, ("1", "prices", "x"))
+    returned = problem.solve(rho=0.7, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
+    assert returned.converged and "method='return'" in returned.final.optimizer_message
+    np.testing.assert_array_equal(returned.rho, [0.7])
+    zero = problem.solve(rho=0.7, method="1s", optimizer=blpjax.ScipyOptimizer("l-bfgs-b", maxiter=0), throw=False)
+    np.testing.assert_array_equal(zero.rho, [0.7])
+    assert not zero.converged and "maxiter=0" in zero.message

@@ -25,11 +25,14 @@ import scipy.optimize
 
 from .._base.errors import BLPSpecificationError
 
-_SCIPY = ("auto", "l-bfgs-b", "bfgs", "trust-constr")
+_SCIPY = ("auto", "l-bfgs-b", "bfgs", "trust-constr", "return")
 
 
 class ScipyOptimizer(eqx.Module):
     """SciPy optimiser settings. ``gtol`` is SciPy's gradient tolerance (PyBLP's default 1e-8).
+
+    ``method="return"`` does not optimise: the GMM steps are evaluated at the given parameters (PyBLP's
+    ``Optimization('return')``: results, post-estimation and inference at fixed estimates).
 
     ``method="auto"`` (the default) is BFGS without bounds and L-BFGS-B with them: on PyBLP's Nevo problem,
     whose parameters differ in scale by four orders of magnitude, L-BFGS-B's ten-pair memory stops 1,000
@@ -217,6 +220,18 @@ def scipy_minimize(
 
     if progress is not None:
         progress.header(opt.method, x0)
+    if opt.method == "return" or opt.maxiter == 0:
+        # no iteration at all (SciPy's L-BFGS-B takes a step even with maxiter=0): evaluate at the start
+        fun(np.asarray(x0, np.float64))
+        finite = state["finite"] == 1
+        if opt.method == "return":
+            success = finite
+            message = "evaluated at the given parameters (method='return', PyBLP's Optimization('return'))"
+        else:
+            success, message = False, "maxiter=0: evaluated at the starting values, not optimised"
+        if not finite:
+            message = "the objective or its gradient is not finite at the given parameters"
+        return OptimizeResult(np.asarray(x0, np.float64), state["delta"], success, 0, state["n"], message)
     res = run(x0, opt.maxiter)
     success, message = bool(res.success), str(res.message)
     if state["finite"] == 0:
