@@ -8,7 +8,7 @@ build on them. Names here may change between versions; the public names are thos
 - inversion: :func:`contraction_map`, :func:`fixed_point`, :class:`FixedPoint`;
 - the supply side: :func:`markups`, :func:`bertrand_markups` (the JVP-ruled markups),
   :func:`bertrand_parts`, :func:`ownership_matrix`, :func:`firm_membership`;
-- prices and equilibrium for one market: :class:`PriceDemand`, :func:`equilibrium_prices` (implicit
+- prices and equilibrium for one market: :class:`PriceDemand`, :func:`shares_at`, :func:`demand_derivatives`, :func:`equilibrium_prices` (implicit
   derivative), :func:`equilibrium_prices_unrolled`, :func:`first_order_conditions`, :func:`zeta_map`,
   :func:`ownership_from_firms`;
 - micro moments: :class:`MicroSetup`, :class:`DatasetMarket`, :class:`DatasetSpec`,
@@ -73,9 +73,11 @@ from ._supply.bertrand import _bertrand_parts as bertrand_parts
 from ._supply.bertrand import firm_membership, markups, ownership_matrix
 from ._supply.equilibrium import (
     PriceDemand,
+    demand_derivatives,
     equilibrium_prices,
     equilibrium_prices_unrolled,
     first_order_conditions,
+    shares_at,
     zeta_map,
 )
 
@@ -106,6 +108,7 @@ __all__ = [
     "cli_main",
     "contraction_map",
     "default_batch_size",
+    "demand_derivatives",
     "deltas_at_solution",
     "equilibrium_prices",
     "equilibrium_prices_unrolled",
@@ -139,6 +142,7 @@ __all__ = [
     "run_steps",
     "scipy_minimize",
     "shares",
+    "shares_at",
     "simulate_replications",
     "simulated_micro_moments",
     "simulated_problems",

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 import blpjax
-from blpjax.internal import equilibrium_prices, equilibrium_prices_unrolled, first_order_conditions
+from blpjax.internal import (
+    PriceDemand,
+    demand_derivatives,
+    equilibrium_prices,
+    equilibrium_prices_unrolled,
+    first_order_conditions,
+    shares_at,
+)
 
 RTOL, ATOL = 1e-8, 1e-12
 TIGHT = blpjax.ContractionConfig(method="simple", tol=1e-14)
@@ -205,7 +212,7 @@ def _logit_results(seed=0, T=6, J=4):
 def test_logit_markups_and_monopoly_prices_closed_forms():
     df, results = _logit_results()
     alpha = results.beta["prices"]
-    s, p = df.shares.to_numpy(), df.prices.to_numpy()
+    s = df.shares.to_numpy()
     # single-product firms: p − c = −1/(α(1 − s))
     _close(results.compute_eta(), -1 / (alpha * (1 - s)), "single-product logit markups", rtol=1e-12)
     # one firm owns everything: every product's markup is −1/(α s₀) at the new equilibrium
@@ -483,3 +490,39 @@ def test_return_evaluates_at_the_given_parameters_and_maxiter_zero_does_not_move
     zero = problem.solve(rho=0.7, method="1s", optimizer=blpjax.ScipyOptimizer("l-bfgs-b", maxiter=0), throw=False)
     np.testing.assert_array_equal(zero.rho, [0.7])
     assert not zero.converged and "maxiter=0" in zero.message
+
+
+def test_share_jacobian_when_the_price_coefficient_varies_across_products():
+    """Prices interacted with a product characteristic (α_ij varies with j): the closed-form ∂s/∂p against autodiff
+    of the shares, and the equilibrium's implicit derivative against finite differences."""
+    rng = np.random.default_rng(0)
+    J, I, K2 = 5, 40, 2
+    market = blpjax.Market(
+        X2=jnp.asarray(rng.normal(size=(J, K2))),
+        nodes=jnp.asarray(rng.normal(size=(I, K2))),
+        demographics=jnp.zeros((I, 0)),
+        weights=jnp.full(I, 1.0 / I),
+        log_shares=jnp.zeros(J),
+        mask=jnp.asarray([True] * 4 + [False]),
+        nest_ids=jnp.zeros(J, int),
+    )
+    theta = blpjax.Theta(jnp.diag(jnp.asarray([0.5, 0.3])), jnp.zeros((K2, 0)), jnp.zeros(0))
+    prices = jnp.asarray(rng.uniform(1, 2, J))
+    dX2 = jnp.stack([jnp.zeros(J), jnp.asarray(rng.uniform(0.5, 1.5, J))], axis=1)  # X2[:, 1] = prices × z_j
+    d = PriceDemand(market, jnp.asarray(rng.normal(size=J)) - 2, prices, jnp.full(J, -1.5), dX2)
+    _, _, jac = demand_derivatives(prices, theta, d)
+    np.testing.assert_allclose(
+        jac, jax.jacfwd(shares_at)(prices, theta, d) * np.outer(market.mask, market.mask), atol=1e-14
+    )
+    ownership = jnp.where(market.mask[:, None] & market.mask[None, :], 1.0, 0.0)
+    costs = prices - 0.3
+
+    @jax.jit
+    def solve(c):
+        out = equilibrium_prices(c, theta, d, ownership, prices, TIGHT)
+        return jnp.where(out.status == 0, out.x, jnp.nan)
+
+    assert np.abs(np.asarray(first_order_conditions(solve(costs), costs, theta, d, ownership))[:4]).max() < 1e-12
+    h = 1e-6
+    fd = (solve(costs.at[0].add(h)) - solve(costs.at[0].add(-h))) / (2 * h)
+    np.testing.assert_allclose(jax.jit(jax.jacfwd(solve))(costs)[:, 0], fd, rtol=1e-6, atol=1e-9)

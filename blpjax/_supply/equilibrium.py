@@ -101,8 +101,8 @@ def demand_derivatives(p, theta: Theta, d: PriceDemand):
     if theta.nested:
         lam = lam / (1.0 - theta.rho[d.market.nest_ids])
         jac = jax.jacfwd(shares_at)(p, theta, d)
-    else:
-        jac = jnp.diag(lam) - wPa.T @ P
+    else:  # ∂s_j/∂p_k = Σ_i w_i P_ij (1{j=k} − P_ik) α_ik
+        jac = jnp.diag(lam) - wP.T @ (P * alpha(theta, d))
     s = jnp.where(mask, jnp.sum(wP, axis=0), 0.0)
     return s, jnp.where(mask, lam, 1.0), jnp.where(_both(mask), jac, 0.0)
 
