@@ -179,8 +179,9 @@ class PostEstimation:
         return _evaluate(_Call(name, args, kwargs, attr), self.fitted)
 
     # --- labelled outputs ------------------------------------------------------------------
-    def _per_product(self, call: _Call, name: str, se: bool, market_id=None):
-        values = np.asarray(_evaluate(call, self.fitted))
+    def _per_product(self, call: _Call, name: str, se: bool, market_id=None, values=None):
+        """``call``'s (T, J) output in row order (``values``: already computed), with delta-method SEs if ``se``."""
+        values = np.asarray(_evaluate(call, self.fitted) if values is None else values)
         index = pd.Index(self.index.row_labels if self.index.row_labels is not None else np.arange(self.index.n_rows))
         if se:
             out = _delta_method(call, self.fitted, jnp.asarray(self.covariances.to_numpy()))
@@ -503,7 +504,8 @@ class PostEstimation:
             raise BLPSpecificationError("iteration must be a blpjax.ContractionConfig(method='simple', ...).")
         solved = self._run("compute_prices", O, c, p0, config)
         self._check_equilibrium(solved, throw)
-        return self._per_product(_Call("compute_prices", (O, c, p0, config), {}, "x"), "prices", se, market_id)
+        call = _Call("compute_prices", (O, c, p0, config), {}, "x")
+        return self._per_product(call, "prices", se, market_id, values=solved.x)
 
     def _check_equilibrium(self, solved, throw: bool):
         status = np.asarray(solved.status)
