@@ -131,7 +131,8 @@ def estimates(results) -> np.ndarray:
 
 @pytest.mark.parametrize("layout", list(LAYOUTS) if os.environ.get("BLPJAX_TEST_FULL_GRID") == "1" else ["both"])
 def test_estimating_on_a_layout_gives_the_padded_estimates(layout):
-    """Supply side and micro moments, two-step GMM with the initial update, BFGS: the same estimates."""
+    """Supply side and micro moments, two-step GMM with the initial update, BFGS: the same estimates, costs and
+    post-estimation (merger prices with their delta-method SEs)."""
     optimizer = blpjax.ScipyOptimizer("bfgs", gtol=1e-9)
     problem, start, moments = lp.problem("both")
     reference = problem.solve(**start, micro_moments=moments, optimizer=optimizer)
@@ -139,6 +140,14 @@ def test_estimating_on_a_layout_gives_the_padded_estimates(layout):
     results = problem.solve(**start, micro_moments=moments, optimizer=optimizer)
     np.testing.assert_allclose(estimates(results), estimates(reference), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(results.costs, reference.costs, rtol=1e-6)
+    # after estimation: costs from the first-order conditions (another implementation than the supply side's) and a
+    # merger's prices with delta-method SEs
+    np.testing.assert_allclose(results.compute_costs(), results.costs, rtol=1e-9)
+    firms = problem.product_data.firm_ids
+    merged = firms.replace(firms.iloc[1], firms.iloc[0])
+    np.testing.assert_allclose(
+        results.compute_prices(firm_ids=merged, se=True), reference.compute_prices(firm_ids=merged, se=True), rtol=1e-5
+    )
 
 
 def test_monte_carlo_with_a_supply_side_and_micro_moments_equals_problem_solve():
