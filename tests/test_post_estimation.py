@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from nevo import NEVO_PI, NEVO_SIGMA, nevo_data, nevo_problems
 
 import blpjax
 from blpjax.internal import (
@@ -36,43 +37,19 @@ def _by_market(series, pyblp_values, market_ids):
     return series.reindex(market_ids).to_numpy(), np.asarray(pyblp_values, float).ravel()
 
 
-NEVO_SIGMA = np.diag([0.3302, 2.4526, 0.0163, 0.2441])
-NEVO_PI = np.array(
-    [[5.4819, 0, 0.2037, 0], [15.8935, -1.2000, 0, 2.6342], [-0.2506, 0, 0.0511, 0], [1.2650, 0, -0.8091, 0]]
-)
-
-
 def _nevo(markets=None):
-    pyblp = pytest.importorskip("pyblp")
-    pyblp.options.verbose = False
-    products = pd.read_csv(pyblp.data.NEVO_PRODUCTS_LOCATION)
-    agents = pd.read_csv(pyblp.data.NEVO_AGENTS_LOCATION)
-    if markets is not None:
-        keep = products.market_ids.unique()[:markets]
-        products = products[products.market_ids.isin(keep)].reset_index(drop=True)
-        agents = agents[agents.market_ids.isin(keep)].reset_index(drop=True)
-    problem = blpjax.Problem(
-        products,
-        ("prices",),
-        ("1", "prices", "sugar", "mushy"),
-        absorb=("product_ids",),
-        agent_data=agents,
-        demographics=("income", "income_squared", "age", "child"),
-    )
-    # results at the tutorial's published estimates (no optimisation): β concentrated out, as PyBLP's 'return'
+    """Results at the tutorial's published estimates (no optimisation: β concentrated out, as PyBLP's 'return')."""
+    pyblp, products, agents = nevo_data(markets)
+    _, problem = nevo_problems(pyblp, products, agents)
     results = problem.solve(NEVO_SIGMA, NEVO_PI, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
     return pyblp, products, agents, results
 
 
 @pytest.fixture(scope="module")
 def nevo():
-    pyblp, products, agents, results = _nevo()
-    pp = pyblp.Problem(
-        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation("1 + prices + sugar + mushy")),
-        products,
-        pyblp.Formulation("0 + income + income_squared + age + child"),
-        agents,
-    )
+    pyblp, products, agents = nevo_data()
+    pp, bp = nevo_problems(pyblp, products, agents)
+    results = bp.solve(NEVO_SIGMA, NEVO_PI, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
     theirs = pp.solve(NEVO_SIGMA, NEVO_PI, method="1s", optimization=pyblp.Optimization("return"))
     return pyblp, products, results, theirs
 
@@ -377,26 +354,8 @@ def test_diversion_aggregate_elasticities_probabilities_diagonals_match_pyblp(ne
 
 
 def test_hypothesis_tests_match_pyblp():
-    pyblp = pytest.importorskip("pyblp")
-    pyblp.options.verbose = False
-    products = pd.read_csv(pyblp.data.NEVO_PRODUCTS_LOCATION)
-    agents = pd.read_csv(pyblp.data.NEVO_AGENTS_LOCATION)
-    keep = products.market_ids.unique()[:40]  # a smaller problem: the statistics are the same maths
-    products = products[products.market_ids.isin(keep)].reset_index(drop=True)
-    agents = agents[agents.market_ids.isin(keep)].reset_index(drop=True)
-    formulations = (
-        pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
-        pyblp.Formulation("1 + prices + sugar + mushy"),
-    )
-    pp = pyblp.Problem(formulations, products, pyblp.Formulation("0 + income + income_squared + age + child"), agents)
-    bp = blpjax.Problem(
-        products,
-        ("prices",),
-        ("1", "prices", "sugar", "mushy"),
-        absorb=("product_ids",),
-        agent_data=agents,
-        demographics=("income", "income_squared", "age", "child"),
-    )
+    pyblp, products, agents = nevo_data(markets=40)  # a smaller problem: the statistics are the same maths
+    pp, bp = nevo_problems(pyblp, products, agents)
     restricted_pi = NEVO_PI.copy()
     restricted_pi[3, 0] = 0  # mushy × income out
     fit = {}

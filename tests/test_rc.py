@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from nevo import NEVO_PI, NEVO_SIGMA, nevo_data, nevo_problems
 
 import blpjax
 from blpjax import ContractionConfig, Market, Status, Theta, solve_delta, solve_delta_unrolled
@@ -196,29 +197,9 @@ def test_simulate_and_recover_from_half_the_truth():
 
 
 def _nevo():
-    pyblp = pytest.importorskip("pyblp")
-    pyblp.options.verbose = False
-    products = pd.read_csv(pyblp.data.NEVO_PRODUCTS_LOCATION)
-    agents = pd.read_csv(pyblp.data.NEVO_AGENTS_LOCATION)
-    sigma = np.diag([0.3302, 2.4526, 0.0163, 0.2441])
-    pi = np.array(
-        [[5.4819, 0, 0.2037, 0], [15.8935, -1.2000, 0, 2.6342], [-0.2506, 0, 0.0511, 0], [1.2650, 0, -0.8091, 0]]
-    )
-    pp = pyblp.Problem(
-        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation("1 + prices + sugar + mushy")),
-        products,
-        pyblp.Formulation("0 + income + income_squared + age + child"),
-        agents,
-    )
-    bp = blpjax.Problem(
-        products,
-        ("prices",),
-        ("1", "prices", "sugar", "mushy"),
-        absorb=("product_ids",),
-        agent_data=agents,
-        demographics=("income", "income_squared", "age", "child"),
-    )
-    return pyblp, pp, bp, sigma, pi
+    pyblp, products, agents = nevo_data()
+    pp, bp = nevo_problems(pyblp, products, agents)
+    return pyblp, pp, bp, NEVO_SIGMA, NEVO_PI
 
 
 def test_nevo_objective_and_gradient_match_pyblp_at_starting_values():

@@ -13,9 +13,9 @@ from .._engine.gmm import Concentration, condition_number, symmetric_inverse_hos
 from .._estimation.diagnosis import diagnose
 from .._estimation.programs import Engine
 from .._layouts.layouts import Padded
+from .counterfactuals import Counterfactuals
 from .data import Specification
 from .optimal_iv import compute_optimal_instruments
-from .post import PostEstimation
 from .scores import agent_scores, micro_scores, optimal_micro_moments, simulate_micro_data
 from .summary import format_results
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .micro_data import MicroLabels
 
 
-class Results(PostEstimation):
+class Results(Counterfactuals):
     """What :meth:`Problem.solve` returns: estimates, inference and post-estimation.
 
     Attributes:
