@@ -8,7 +8,7 @@ build on them. Names here may change between versions; the public names are thos
 - inversion: :func:`contraction_map`, :func:`fixed_point`, :class:`FixedPoint`;
 - the supply side: :func:`markups`, :func:`bertrand_markups` (the JVP-ruled markups),
   :func:`bertrand_parts`, :func:`ownership_matrix`, :func:`firm_membership`;
-- prices and equilibrium for one market: :class:`PriceDemand`, :func:`shares_at`, :func:`demand_derivatives`, :func:`equilibrium_prices` (implicit
+- prices and equilibrium for one market: :class:`PriceDemand`, :class:`Ownership`, :func:`shares_at`, :func:`demand_derivatives`, :func:`equilibrium_prices` (implicit
   derivative), :func:`equilibrium_prices_unrolled`, :func:`first_order_conditions`, :func:`zeta_map`,
   :func:`ownership_from_firms`;
 - micro moments: :class:`MicroSetup`, :class:`DatasetMarket`, :class:`DatasetSpec`,
@@ -72,6 +72,7 @@ from ._supply.bertrand import _bertrand_markups as bertrand_markups
 from ._supply.bertrand import _bertrand_parts as bertrand_parts
 from ._supply.bertrand import firm_membership, markups, ownership_matrix
 from ._supply.equilibrium import (
+    Ownership,
     PriceDemand,
     demand_derivatives,
     equilibrium_prices,
@@ -94,6 +95,7 @@ __all__ = [
     "MarketData",
     "MicroSetup",
     "Padded",
+    "Ownership",
     "ParameterSpec",
     "Pieces",
     "PriceDemand",

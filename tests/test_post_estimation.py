@@ -485,3 +485,18 @@ def test_share_jacobian_when_the_price_coefficient_varies_across_products():
     h = 1e-6
     fd = (solve(costs.at[0].add(h)) - solve(costs.at[0].add(-h))) / (2 * h)
     np.testing.assert_allclose(jax.jit(jax.jacfwd(solve))(costs)[:, 0], fd, rtol=1e-6, atol=1e-9)
+
+
+def test_partial_ownership_and_ownership_layouts_match_pyblp(nevo):
+    """κ(f, g) partial ownership (PyBLP's build_ownership with a kappa function): the owners' factorisation, the
+    stacked matrix and the dense padded matrix give PyBLP's equilibrium prices."""
+    pyblp, products, results, theirs = nevo
+
+    def kappa(f, g):
+        return 1.0 if f == g else (0.4 if {f, g} == {1, 2} else 0.0)
+
+    stacked = pyblp.build_ownership(products, kappa)
+    p_theirs = theirs.compute_prices(ownership=stacked, iteration=pyblp.Iteration("simple", {"atol": 1e-14}))
+    owners = results.ownership(kappa_specification=kappa)
+    for ownership in (owners, stacked, np.asarray(owners.dense())):
+        _close(results.compute_prices(ownership=ownership, iteration=TIGHT), p_theirs.ravel(), "partial ownership")

@@ -19,6 +19,7 @@ from .._base.errors import BLPEstimationError, BLPNumericalWarning, BLPSpecifica
 from .._inversion.contraction import ContractionConfig
 from .._post.fitted import check_linear_prices
 from .._post.inference import Bootstrap, DeltaMethod
+from .._supply.equilibrium import Ownership
 from .post import PostEstimation, _bootstrap, _Call, _delta_method
 
 
@@ -81,30 +82,48 @@ class Counterfactuals(PostEstimation):
             )
         return out
 
-    def ownership(self, firm_ids=None, kappa_specification=None) -> jnp.ndarray:
-        """Padded (T, J, J) ownership matrices for :meth:`delta_method` functions and :class:`Fitted` methods:
-        O_jk = κ(f_j, f_k) from ``firm_ids`` (a Series aligned by index, or row order; default the data's), with
-        PyBLP's ``kappa_specification``: a function κ(f, g) of two firm ids (partial ownership), ``"monopoly"``
-        (one owner), or None (1 within a firm, 0 across)."""
+    def ownership(self, firm_ids=None, kappa_specification=None) -> Ownership:
+        """Every market's ownership for :meth:`delta_method` functions and :class:`Fitted` methods: O_jk = κ(f_j, f_k)
+        from ``firm_ids`` (a Series aligned by index, or row order; default the data's), with PyBLP's
+        ``kappa_specification``: a function κ(f, g) of two firm ids (partial ownership), ``"monopoly"`` (one owner),
+        or None (1 within a firm, 0 across). Kept as each market's owners B and κ (:class:`blpjax.internal.Ownership`;
+        ``.dense()`` is the (T, J, J) matrix), so that prices cost I·J·F per market instead of I·J²."""
         if kappa_specification == "monopoly":
-            return self.fitted.ownership(jnp.zeros_like(self.fitted.firm_ids))
-        if firm_ids is None:
+            labels = np.zeros(self.index.n_rows, np.int64)
+        elif firm_ids is None:
             self._require_firms("ownership")
             labels = self.firm_labels
         else:
             labels = self.index.aligned(firm_ids, "ownership(firm_ids)", numeric=False)
-        codes, uniques = pd.factorize(pd.Series(labels), use_na_sentinel=False)
-        kappa = None
-        if kappa_specification is not None:
+        kappa_fn = None
+        if kappa_specification is not None and kappa_specification != "monopoly":
             if not callable(kappa_specification):
                 raise BLPSpecificationError("kappa_specification must be a function kappa(f, g), 'monopoly' or None.")
-            kappa = np.array([[float(kappa_specification(f, g)) for g in uniques] for f in uniques])
-            if not np.all(np.isfinite(kappa)):
-                raise BLPSpecificationError("kappa_specification returned a non-finite value.")
-        padded = np.zeros(self.index.rows.shape, np.int64)
-        real = self.index.rows >= 0
-        padded[real] = codes[self.index.rows[real]]
-        return self.fitted.ownership(jnp.asarray(padded), None if kappa is None else jnp.asarray(kappa))
+            kappa_fn = kappa_specification
+        return self._owners(labels, kappa_fn)
+
+    def _owners(self, labels, kappa_fn=None) -> Ownership:
+        """Each market's owners (host side): B (T, J, F) with F the most firms in a market, κ (T, F, F)."""
+        rows, real = self.index.rows, self.index.rows >= 0
+        T, J = rows.shape
+        per_market = []
+        for t in range(T):
+            firms = np.asarray(labels, dtype=object)[rows[t][real[t]]]
+            codes, uniques = pd.factorize(pd.Series(firms), use_na_sentinel=False)
+            per_market.append((codes, list(uniques)))
+        F = max(1, max(len(u) for _, u in per_market))
+        members = np.zeros((T, J, F))
+        kappa = np.zeros((T, F, F))
+        for t, (codes, uniques) in enumerate(per_market):
+            members[t, np.flatnonzero(real[t]), codes] = 1.0
+            if kappa_fn is None:
+                kappa[t] = np.eye(F)
+            else:
+                n = len(uniques)
+                kappa[t, :n, :n] = [[float(kappa_fn(f, g)) for g in uniques] for f in uniques]
+        if not np.all(np.isfinite(kappa)):
+            raise BLPSpecificationError("kappa_specification returned a non-finite value.")
+        return Ownership(jnp.asarray(members), jnp.asarray(kappa))
 
     def to_rows(self, values) -> pd.Series | pd.DataFrame:
         """A padded (T, J[, ...]) output (of :meth:`delta_method`, :class:`Fitted`) in product_data's row order,
@@ -130,14 +149,16 @@ class Counterfactuals(PostEstimation):
             )
 
     def _ownership(self, firm_ids, ownership, what: str):
-        """Padded (T, J, J) ownership from ``firm_ids``, a stacked PyBLP ownership array, or the data."""
+        """Ownership from ``firm_ids`` or the data (by owners), or from a stacked PyBLP ownership array (dense)."""
         if firm_ids is not None and ownership is not None:
             raise BLPSpecificationError(f"{what}: pass firm_ids or ownership, not both.")
+        if isinstance(ownership, Ownership):  # from results.ownership(...)
+            return ownership
         if ownership is None:
             if firm_ids is None:
                 self._require_firms(what)
-                return self.fitted.ownership()
-            return self.fitted.ownership(self._firm_codes(firm_ids, f"{what} firm_ids"))
+                return self._owners(self.firm_labels)
+            return self._owners(self.index.aligned(firm_ids, f"{what} firm_ids", numeric=False))
         O = np.asarray(ownership, dtype=np.float64)
         T, J = self.index.rows.shape
         real = self.index.rows >= 0

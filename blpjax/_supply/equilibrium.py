@@ -51,6 +51,40 @@ class PriceDemand(eqx.Module):
         return self.market.mask
 
 
+class Ownership(eqx.Module):
+    """One market's ownership O = B κ Bᵀ (a leading T axis when batched): B (J, F) puts each product with one
+    of F owners (zero rows on padding), κ (F, F) is the weight owner f puts on owner g's profits (the identity
+    for ordinary firms). With few owners, products with O cost I·J·F instead of I·J². ``members=None``: κ is
+    the dense J × J matrix O itself."""
+
+    members: Float[Array, "J F"] | None
+    kappa: Float[Array, "F F"]
+
+    def dense(self) -> Float[Array, "J J"]:
+        """O itself (batched too)."""
+        return self.kappa if self.members is None else (self.members @ self.kappa) @ _t(self.members)
+
+    def diagonal(self) -> Float[Array, " J"]:
+        if self.members is None:
+            return jnp.diagonal(self.kappa, axis1=-2, axis2=-1)
+        return jnp.sum((self.members @ self.kappa) * self.members, axis=-1)
+
+    def times_transpose(self, X: Float[Array, "I J"]) -> Float[Array, "I J"]:
+        """X Oᵀ (one market)."""
+        if self.members is None:
+            return X @ self.kappa.T
+        return ((X @ self.members) @ self.kappa.T) @ self.members.T
+
+
+def _t(a):
+    return jnp.swapaxes(a, -1, -2)
+
+
+def as_ownership(ownership) -> Ownership:
+    """An :class:`Ownership` from one (a dense J × J matrix is wrapped as it is)."""
+    return ownership if isinstance(ownership, Ownership) else Ownership(None, ownership)
+
+
 def _rho(theta: Theta):
     return theta.rho if theta.nested else None
 
@@ -123,30 +157,52 @@ def markups(p, theta: Theta, d: PriceDemand, ownership) -> Float[Array, " J"]:
     mask = d.mask
     J = mask.shape[0]
     s, _, jac = demand_derivatives(p, theta, d)
-    capital_delta = jnp.where(_both(mask), -ownership * jac.T, jnp.eye(J, dtype=p.dtype))
+    capital_delta = jnp.where(_both(mask), -as_ownership(ownership).dense() * jac.T, jnp.eye(J, dtype=p.dtype))
     return jnp.where(mask, jnp.linalg.solve(capital_delta, s), 0.0)
 
 
-def first_order_conditions(p, costs, theta: Theta, d: PriceDemand, ownership) -> Float[Array, " J"]:
-    """F(p) = s + (O ⊙ ∂s/∂pᵀ)(p − c): zero at equilibrium; p − p⁰ on padding (so ∂F/∂p is I there)."""
+def _margin_terms(p, costs, theta: Theta, d: PriceDemand, ownership: Ownership):
+    """(s, Λ, v) at prices ``p`` with v = (O ⊙ Γᵀ)(p − c).
+
+    Without nesting Γ_kj = Σ_i w_i P_ik P_ij α_ij, so v_j = Σ_i w_i P_ij α_ij [(P ⊙ m) Oᵀ]_ij (m = p − c): two
+    I × J products through the owners instead of the I × J × J matrix Γ. Nested models form Γ by autodiff.
+    """
     mask = d.mask
     margin = jnp.where(mask, p - costs, 0.0)
-    s, _, jac = demand_derivatives(p, theta, d)
-    return jnp.where(mask, s + (ownership * jac.T) @ margin, p - d.prices)
+    if theta.nested:
+        s, lam, jac = demand_derivatives(p, theta, d)
+        gamma = jnp.where(_both(mask), jnp.diag(lam) - jac, 0.0)
+        return s, lam, (ownership.dense() * gamma.T) @ margin
+    log_p, _ = log_probabilities_at(p, theta, d)
+    P = jnp.exp(jnp.where(mask[None, :], log_p, -jnp.inf))
+    wP = d.market.weights[:, None] * P
+    wPa = wP * alpha(theta, d)
+    v = jnp.sum(wPa * ownership.times_transpose(P * margin[None, :]), axis=0)
+    s = jnp.where(mask, jnp.sum(wP, axis=0), 0.0)
+    return s, jnp.where(mask, jnp.sum(wPa, axis=0), 1.0), jnp.where(mask, v, 0.0)
+
+
+def first_order_conditions(p, costs, theta: Theta, d: PriceDemand, ownership) -> Float[Array, " J"]:
+    """F(p) = s + (O ⊙ ∂s/∂pᵀ)(p − c) = s + diag(O) Λ (p − c) − (O ⊙ Γᵀ)(p − c): zero at equilibrium; p − p⁰ on
+    padding (so ∂F/∂p is I there)."""
+    mask = d.mask
+    own = as_ownership(ownership)
+    s, lam, v = _margin_terms(p, costs, theta, d, own)
+    F = s + own.diagonal() * lam * (p - costs) - v
+    return jnp.where(mask, F, p - d.prices)
 
 
 def zeta_step(costs, theta: Theta, d: PriceDemand, ownership):
     """p ↦ (c + ζ(p), |Λ(p)|): Morrow and Skerlos's ζ-markup map (padded prices map to themselves) and the
     weights that turn a price step into a profit gradient (PyBLP's termination weights)."""
     mask = d.mask
+    own = as_ownership(ownership)
 
     def g(p):
-        s, lam, jac = demand_derivatives(p, theta, d)
-        gamma = jnp.where(_both(mask), jnp.diag(lam) - jac, 0.0)
+        s, lam, v = _margin_terms(p, costs, theta, d, own)
         # bound |Λ| away from zero as PyBLP does (a share that underflows)
         lam = jnp.where(jnp.abs(lam) > 1e-300, lam, 1e-300)
-        margin = jnp.where(mask, p - costs, 0.0)
-        zeta = ((ownership * gamma.T) @ margin - s) / lam
+        zeta = (v - s) / lam
         return jnp.where(mask, costs + zeta, p), jnp.where(mask, jnp.abs(lam), 0.0)
 
     return g
@@ -273,7 +329,9 @@ def consumer_surplus(p, theta: Theta, d: PriceDemand, available=None) -> Float[A
 
 
 __all__ = [
+    "Ownership",
     "PriceDemand",
+    "as_ownership",
     "alpha",
     "consumer_surplus",
     "demand_derivatives",
