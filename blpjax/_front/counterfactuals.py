@@ -19,6 +19,7 @@ from .._base.errors import BLPEstimationError, BLPNumericalWarning, BLPSpecifica
 from .._inversion.contraction import ContractionConfig
 from .._post.fitted import check_linear_prices
 from .._post.inference import Bootstrap, DeltaMethod
+from .._supply.bertrand import firm_membership
 from .._supply.equilibrium import Ownership
 from .post import PostEstimation, _bootstrap, _Call, _delta_method
 
@@ -103,26 +104,19 @@ class Counterfactuals(PostEstimation):
         return self._owners(labels, kappa_fn)
 
     def _owners(self, labels, kappa_fn=None) -> Ownership:
-        """Each market's owners (host side): B (T, J, F) with F the most firms in a market, κ (T, F, F)."""
-        rows, real = self.index.rows, self.index.rows >= 0
-        T, J = rows.shape
-        per_market = []
-        for t in range(T):
-            firms = np.asarray(labels, dtype=object)[rows[t][real[t]]]
-            codes, uniques = pd.factorize(pd.Series(firms), use_na_sentinel=False)
-            per_market.append((codes, list(uniques)))
-        F = max(1, max(len(u) for _, u in per_market))
-        members = np.zeros((T, J, F))
-        kappa = np.zeros((T, F, F))
-        for t, (codes, uniques) in enumerate(per_market):
-            members[t, np.flatnonzero(real[t]), codes] = 1.0
-            if kappa_fn is None:
-                kappa[t] = np.eye(F)
-            else:
-                n = len(uniques)
-                kappa[t, :n, :n] = [[float(kappa_fn(f, g)) for g in uniques] for f in uniques]
-        if not np.all(np.isfinite(kappa)):
-            raise BLPSpecificationError("kappa_specification returned a non-finite value.")
+        """Each market's owners (host side): B (T, J, F) from the supply side's ``firm_membership`` (F the most firms
+        in a market), κ (T, F, F) the identity or κ(f, g) of the firms' labels."""
+        codes, uniques = self._firm_codes(labels, "firm_ids", with_labels=True)
+        members = np.asarray(firm_membership(codes, jnp.asarray(self.index.rows >= 0)), dtype=np.float64)
+        present = members.any(axis=1)  # (T, F)
+        if kappa_fn is None:
+            kappa = np.broadcast_to(np.eye(members.shape[-1]), present.shape + present.shape[-1:]).copy()
+        else:
+            K = np.array([[float(kappa_fn(f, g)) for g in uniques] for f in uniques])
+            if not np.all(np.isfinite(K)):
+                raise BLPSpecificationError("kappa_specification returned a non-finite value.")
+            owner = np.take_along_axis(np.asarray(codes), members.argmax(axis=1), axis=1)  # (T, F) global code
+            kappa = K[owner[:, :, None], owner[:, None, :]] * (present[:, :, None] & present[:, None, :])
         return Ownership(jnp.asarray(members), jnp.asarray(kappa))
 
     def to_rows(self, values) -> pd.Series | pd.DataFrame:
@@ -132,14 +126,15 @@ class Counterfactuals(PostEstimation):
         index = pd.Index(self.index.row_labels if self.index.row_labels is not None else np.arange(self.index.n_rows))
         return pd.Series(flat, index=index) if flat.ndim == 1 else pd.DataFrame(flat, index=index)
 
-    def _firm_codes(self, firm_ids, what: str) -> jnp.ndarray:
-        """Padded integer codes of firm labels (a Series aligned by index, or an array in row order)."""
+    def _firm_codes(self, firm_ids, what: str, with_labels: bool = False):
+        """Padded integer codes of firm labels (a Series aligned by index, or an array in row order), and the
+        labels of the codes with ``with_labels``."""
         labels = self.index.aligned(firm_ids, what, numeric=False)
-        codes = pd.factorize(pd.Series(labels), use_na_sentinel=False)[0]
+        codes, uniques = pd.factorize(pd.Series(labels), use_na_sentinel=False)
         out = np.zeros(self.index.rows.shape, np.int64)
         real = self.index.rows >= 0
         out[real] = codes[self.index.rows[real]]
-        return jnp.asarray(out)
+        return (jnp.asarray(out), list(uniques)) if with_labels else jnp.asarray(out)
 
     def _require_firms(self, what: str):
         if not self.has_firm_ids:

@@ -23,6 +23,7 @@ from .._inversion.implicit import delta_at_solution, solve_delta
 from .._model.market import Market, Theta
 from .._model.params import ParameterSpec
 from .._supply import equilibrium as eq
+from .._supply.bertrand import ownership_matrix
 
 DEFAULT_ITERATION = ContractionConfig(method="simple", tol=1e-12, max_evaluations=5000)
 
@@ -33,12 +34,10 @@ def ownership_from_firms(firm_ids: Int[Array, "T J"], mask: Bool[Array, "T J"], 
     ``kappa``: a dense (F, F) array over firm codes 0..F−1 (partial ownership: the weight firm f puts on
     firm g's profits).
     """
-    both = mask[:, :, None] & mask[:, None, :]
     if kappa is None:
-        O = (firm_ids[:, :, None] == firm_ids[:, None, :]).astype(jnp.float64)
-    else:
-        O = jnp.asarray(kappa)[firm_ids[:, :, None], firm_ids[:, None, :]]
-    return jnp.where(both, O, 0.0)
+        return jax.vmap(ownership_matrix)(firm_ids, mask)
+    both = mask[:, :, None] & mask[:, None, :]
+    return jnp.where(both, jnp.asarray(kappa)[firm_ids[:, :, None], firm_ids[:, None, :]], 0.0)
 
 
 class Fitted(eqx.Module):
