@@ -288,3 +288,22 @@ def test_anderson_and_squarem_reach_the_same_optimum_on_nevo():
     np.testing.assert_allclose(anderson.objective, squarem.objective, rtol=1e-8)
     np.testing.assert_allclose(anderson.parameters["estimate"], squarem.parameters["estimate"], rtol=1e-5, atol=1e-7)
     assert anderson.contraction_summary["mean_evaluations"] < squarem.contraction_summary["mean_evaluations"]
+
+
+def test_every_method_converges_from_a_far_warm_start():
+    """A warm start far above the solution (as after an optimiser's step to extreme θ) saturates the map: the outside
+    share vanishes and g(δ) = δ + log ΣS shifts every δ alike with a constant residual, where extrapolation has no
+    direction of descent. SQUAREM used to hit the 5,000-evaluation cap here and Anderson to jump to δ ≈ 7,800 (found
+    on Mixtape Exercise 2.5); the stall guard (plain steps after 100 evaluations without progress) and Anderson's
+    bounded extrapolation make every method reach the fixed point that plain iteration (a contraction) reaches."""
+    _, _, bp, sigma, pi = _nevo()
+    delta0 = np.asarray(bp.objective(sigma, pi).delta0) + 50.0
+    solved = {}
+    for method in ("simple", "squarem", "anderson"):
+        obj = bp.objective(sigma, pi, contraction=ContractionConfig(method=method), delta=delta0)
+        q, aux = obj.value_and_aux(obj.x0)
+        assert np.all(np.asarray(aux.status) == Status.CONVERGED), method
+        assert np.isfinite(q)
+        solved[method] = np.asarray(aux.delta)
+    np.testing.assert_allclose(solved["squarem"], solved["simple"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(solved["anderson"], solved["simple"], rtol=0, atol=1e-10)

@@ -13,6 +13,7 @@ Convergence is ‖g(x) − x‖∞ < tol over real products, tol = 1e-14 by defa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import equinox as eqx
@@ -33,18 +34,23 @@ class ContractionConfig(eqx.Module):
         tol: absolute tolerance on the ∞-norm of a step.
         max_evaluations: cap on contraction-map evaluations per market.
         anderson_memory: number of past steps Anderson acceleration mixes.
+        anderson_max_step: the largest Anderson extrapolation, as a multiple of the plain step's size
+            (‖g(x) − x‖∞); longer ones are shortened along their direction.
     """
 
     method: str = eqx.field(static=True, default="squarem")
     tol: float = eqx.field(static=True, default=1e-14)
     max_evaluations: int = eqx.field(static=True, default=5000)
     anderson_memory: int = eqx.field(static=True, default=5)
+    anderson_max_step: float = eqx.field(static=True, default=10.0)
 
     def __check_init__(self):
         if self.method not in _METHODS:
             raise BLPSpecificationError(f"ContractionConfig.method must be one of {_METHODS}, got {self.method!r}")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, int | float) or not self.tol > 0:
-            raise BLPSpecificationError(f"ContractionConfig.tol must be a positive number, not {self.tol!r}")
+        for name in ("tol", "anderson_max_step"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise BLPSpecificationError(f"ContractionConfig.{name} must be a positive number, not {value!r}")
         for name in ("max_evaluations", "anderson_memory"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -73,6 +79,24 @@ class _State(eqx.Module):
     done: Array
     status: Array
     extra: tuple
+    # the stall guard of the accelerated methods: the smallest step seen, evaluations since it last fell by
+    # a tenth, and whether the method has fallen back to plain steps
+    best: Array
+    since: Array
+    plain: Array
+
+
+# an accelerated method that has not cut its smallest step by a tenth in this many evaluations falls back to
+# plain steps, which the contraction makes converge (far from the solution the map can saturate: with every δ
+# large the outside share vanishes and g(δ) = δ + log ΣS shifts δ uniformly with a constant residual, along which
+# extrapolation finds no direction of descent)
+_STALL_EVALUATIONS = 100
+
+
+def _init(x0):
+    zero = jnp.asarray(0, jnp.int32)
+    false = jnp.asarray(False)
+    return dict(x=x0, n=zero, done=false, status=zero, best=jnp.asarray(jnp.inf, x0.dtype), since=zero, plain=false)
 
 
 def _update(state: _State, x_new, x_old, mask, tol, max_evaluations):
@@ -82,6 +106,11 @@ def _update(state: _State, x_new, x_old, mask, tol, max_evaluations):
     norm = _step_norm(x_new, x_old, mask)
     finite = jnp.isfinite(norm)
     converged = norm < tol
+    live = ~state.done
+    improved = norm < 0.9 * state.best
+    best = jnp.where(live & (norm < state.best), norm, state.best)
+    since = jnp.where(live, jnp.where(improved, 0, state.since + 1), state.since)
+    plain = state.plain | (since >= _STALL_EVALUATIONS)
     n = state.n + jnp.where(state.done, 0, 1)
     exhausted = n >= max_evaluations
     status = jnp.where(
@@ -96,7 +125,7 @@ def _update(state: _State, x_new, x_old, mask, tol, max_evaluations):
     newly_done = ~state.done & (~finite | converged | exhausted)
     # keep the last finite iterate on failure; the new one otherwise
     x = jnp.where(state.done | ~finite, state.x, x_new)
-    return _State(x, n, state.done | newly_done, status, state.extra)
+    return _State(x, n, state.done | newly_done, status, state.extra, best, since, plain)
 
 
 def fixed_point(
@@ -111,7 +140,7 @@ def fixed_point(
         def body(s: _State):
             return _update(s, g(s.x), s.x, mask, tol, max_ev)
 
-        init = _State(x0, zero, jnp.asarray(False), zero, ())
+        init = _State(**_init(x0), extra=())
     elif config.method == "squarem":
 
         def body(s: _State):
@@ -128,16 +157,17 @@ def fixed_point(
             alpha = -jnp.sqrt(rr / jnp.where(vv > 0, vv, 1.0))
             alpha = jnp.where(jnp.isfinite(alpha) & (vv > 0), alpha, -1.0)
             alpha = -jnp.maximum(1.0, jnp.minimum(step_max, -alpha))
+            alpha = jnp.where(s.plain, -1.0, alpha)  # α = −1: x3 = x2, three plain steps
             step_max = jnp.where(-alpha == step_max, step_max * 4.0, step_max)
             x3 = x0_ - 2.0 * alpha * r + alpha**2 * v
             x3 = jnp.where(_finite(x3, mask), x3, x2)
             x4 = g(x3)
             s3 = _update(s2, x4, x3, mask, tol, max_ev)
-            return _State(s3.x, s3.n, s3.done, s3.status, (jnp.where(s2.done, s.extra[0], step_max),))
+            return dataclasses.replace(s3, extra=(jnp.where(s2.done, s.extra[0], step_max),))
 
-        init = _State(x0, zero, jnp.asarray(False), zero, (jnp.asarray(1.0, x0.dtype),))
+        init = _State(**_init(x0), extra=(jnp.asarray(1.0, x0.dtype),))
     else:  # anderson: type II with memory m, a tiny ridge, and a restart safeguard
-        m = config.anderson_memory
+        m, max_step = config.anderson_memory, config.anderson_max_step
         J = x0.shape[0]
 
         def body(s: _State):
@@ -153,7 +183,16 @@ def fixed_point(
             n = s.n + jnp.where(s.done, 0, 1)
             exhausted = n >= max_ev
             status = jnp.where(s.done, s.status, jnp.where(exhausted, Status.MAX_EVALUATIONS, s.status))
-            rejected = _State(g_last, n, s.done | exhausted, status, s.extra)
+            since = jnp.where(s.done, s.since, s.since + 1)
+            rejected = dataclasses.replace(
+                s,
+                x=g_last,
+                n=n,
+                done=s.done | exhausted,
+                status=status,
+                since=since,
+                plain=s.plain | (since >= _STALL_EVALUATIONS),
+            )
             s1 = jax.tree_util.tree_map(lambda a, b: jnp.where(reject, a, b), rejected, accepted)
             # accepted: push (Δf, Δg) into the memory and extrapolate
             slot = count % m
@@ -166,8 +205,15 @@ def fixed_point(
             gram = dFm.T @ dFm
             ridge = 1e-12 * jnp.maximum(jnp.trace(gram), 1e-300)
             gamma = jnp.linalg.solve(gram + jnp.diag(ridge + (1.0 - filled)), dFm.T @ f)
-            x_new = gx - (dG * filled[None, :]) @ gamma
-            extrapolated = (count > 0) & _finite(x_new, mask)
+            step = -(dG * filled[None, :]) @ gamma
+            # a bounded extrapolation: at most ``anderson_max_step`` times the plain step. Far from the solution the
+            # map saturates (all δ large: the outside good's share vanishes, g(δ) = δ + log ΣS, a uniform shift with
+            # a constant residual) and an unbounded step along the shift lands there with a residual as small as
+            # the current one, which the residual test cannot refuse (found on Mixtape Exercise 2.5: δ ≈ 7,800)
+            size = jnp.max(jnp.where(mask, jnp.abs(step), 0.0))
+            scale = jnp.minimum(1.0, max_step * norm / jnp.where(size > 0, size, 1.0))
+            x_new = gx + scale * step
+            extrapolated = (count > 0) & _finite(x_new, mask) & ~s1.plain
             x_new = jnp.where(mask, jnp.where(extrapolated, x_new, gx), s.x)
             x_next = jnp.where(s1.done, s1.x, jnp.where(reject, g_last, x_new))
             last = (
@@ -176,13 +222,13 @@ def fixed_point(
                 jnp.where(reject, norm_last, norm),
             )
             extra = (dF, dG, count, *last, valid | ~reject, ~reject & extrapolated)
-            return _State(x_next, s1.n, s1.done, s1.status, extra)
+            return dataclasses.replace(s1, x=x_next, extra=extra)
 
         z = jnp.zeros((J, m), x0.dtype)
         inf = jnp.asarray(jnp.inf, x0.dtype)
         false = jnp.asarray(False)
         extra = (z, z, zero, jnp.zeros_like(x0), x0, inf, false, false)
-        init = _State(x0, zero, jnp.asarray(False), zero, extra)
+        init = _State(**_init(x0), extra=extra)
 
     out = jax.lax.while_loop(lambda s: ~s.done, body, init)
     return FixedPoint(out.x, out.n, out.status)
