@@ -30,6 +30,8 @@ from ._front.problem import Problem as Problem
 from ._front.results import Results as Results
 from ._front.simulate import SimulationConfig as SimulationConfig
 from ._front.simulate import simulate as simulate
+from ._front.starts import MultiStart as MultiStart
+from ._front.starts import StartsReport as StartsReport
 from ._inversion.contraction import ContractionConfig as ContractionConfig
 from ._inversion.implicit import solve_delta as solve_delta
 from ._inversion.implicit import solve_delta_unrolled as solve_delta_unrolled
@@ -65,6 +67,7 @@ __all__ = [
     "MicroMoment",
     "MicroPart",
     "MonteCarlo",
+    "MultiStart",
     "Objective",
     "ObjectiveAux",
     "ObjectiveState",
@@ -72,6 +75,7 @@ __all__ = [
     "Problem",
     "Products",
     "Results",
+    "StartsReport",
     "ScaleOut",
     "ScipyOptimizer",
     "Status",

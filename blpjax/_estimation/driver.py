@@ -340,3 +340,50 @@ def run_steps(
 
 
 __all__ = ["OptimizerReport", "StepResult", "initial_update", "optimize", "run_steps"]
+
+
+class StartsOutcome(eqx.Module):
+    """Where each of K optimisations ended (arrays with a leading K axis).
+
+    Attributes:
+        x: the optimum of each start.
+        objective: q there (from the warm δ of the optimisation's last evaluation).
+        gradient: ∂q/∂x there.
+        success: the optimiser's criterion met (projected gradient ≤ gtol, q finite).
+        inversions_ok: every market's share inversion converged at the optimum.
+        iterations, evaluations: the optimiser's counts.
+    """
+
+    x: Float[Array, "K P"]
+    objective: Float[Array, " K"]
+    gradient: Float[Array, "K P"]
+    success: Array
+    inversions_ok: Array
+    iterations: Array
+    evaluations: Array
+
+
+def _minimize_starts(engine: Engine, optimizer: OptaxOptimizer, batch_size: int, X0, delta0, conc, lower, upper):
+    def one(x0):
+        res = _optax_run(engine, optimizer, x0, delta0, conc, lower, upper)
+        q, g, ev, _ = engine.value_and_grad(res.x, res.delta, conc)
+        ok = jnp.all(ev.status == 0)
+        return StartsOutcome(res.x, q, g, res.success & ok & jnp.isfinite(q), ok, res.iterations, res.evaluations)
+
+    if batch_size >= X0.shape[0]:
+        return jax.vmap(one)(X0)
+    return jax.lax.map(one, X0, batch_size=batch_size)
+
+
+_starts_program = jit(_minimize_starts, static_argnums=(1, 2))
+
+
+def minimize_starts(
+    engine: Engine, optimizer: OptaxOptimizer, X0, delta0, conc: Concentration, lower, upper, batch_size
+):
+    """Minimise one step's q from each row of ``X0`` as one jitted program (``vmap`` over batches of starts;
+    every member ends where it would alone, see :func:`optax_minimize`)."""
+    x, delta0, conc = engine._args(jnp.asarray(X0[0]), delta0, conc)
+    return _starts_program(
+        engine, optimizer, int(batch_size), jnp.asarray(X0), delta0, conc, jnp.asarray(lower), jnp.asarray(upper)
+    )

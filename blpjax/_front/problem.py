@@ -30,6 +30,7 @@ from .data import Specification, build_agents, build_products
 from .micro_data import MicroMoment, build_micro, market_views
 from .objective import Objective
 from .results import Results
+from .starts import MultiStart, run_starts
 from .summary import format_problem
 from .supply_data import build_supply_arrays, price_derivative_arrays
 
@@ -370,6 +371,7 @@ class Problem:
         micro_moments: Sequence[MicroMoment] | None = None,
         costs_bounds: tuple[float | None, float | None] | None = None,
         throw: bool = True,
+        starts: MultiStart | int | np.ndarray | None = None,
     ) -> Results:
         """Estimate by one-step (``"1s"``) or two-step (``"2s"``) GMM.
 
@@ -389,6 +391,11 @@ class Problem:
                 costs); clipped counts are reported.
             throw: raise :class:`BLPEstimationError` when the estimate is not converged (the default);
                 ``False`` returns the results with ``converged`` False and the reasons in ``message``.
+            starts: many starting points (K random ones, an array (K, P) of free-parameter vectors, or a
+                :class:`MultiStart`): the first step's q is minimised from every start in one vmapped optax program
+                (``optimizer`` must be an :class:`OptaxOptimizer`, default ``OptaxOptimizer()``), the estimation then
+                goes on from the best optimum, and ``results.starts`` (a :class:`StartsReport`) lists every start
+                and the distinct local optima.
 
         Raises:
             BLPSpecificationError: inconsistent parameters, too few moments, bad options.
@@ -427,11 +434,15 @@ class Problem:
             prep.config,
             prep.engine,
         )
+        x0, W0, report = spec.x0, prep.W, None
+        if starts is not None:
+            optimizer = optimizer or OptaxOptimizer()
+            report, x0, W0 = run_starts(MultiStart.of(starts), prep, optimizer, se_type, W_type)
         steps = run_steps(
             engine,
-            spec.x0,
+            x0,
             prep.delta0,
-            W=prep.W,
+            W=W0,
             initial_W=prep.initial_W,
             steps=1 if method == "1s" else 2,
             se_type=se_type,
@@ -443,6 +454,7 @@ class Problem:
             MM=prep.MM,
         )
         results = Results(self, spec, steps, config, micro, micro_labels, setup, engine)
+        results.starts = report
         if throw and not results.converged:
             raise BLPEstimationError(
                 f"the estimation did not converge: {results.message}. Pass throw=False to get the flagged results "

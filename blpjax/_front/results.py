@@ -56,6 +56,7 @@ class Results(Counterfactuals):
         self.micro, self.micro_labels = micro, micro_labels
         self.price_derivatives, self.has_firm_ids = problem.price_derivatives, problem.has_firm_ids
         self.firm_labels = problem.firm_labels
+        self.starts = None  # a StartsReport when solve(..., starts=...) ran many starting points
         self._fitted = None  # the fitted model as a JAX value (post-estimation), built on first use
         self.micro_observed = None if micro is None else np.asarray(micro.observed)
         self.final = steps[-1]
