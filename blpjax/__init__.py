@@ -30,6 +30,8 @@ from ._front.problem import Problem as Problem
 from ._front.results import Results as Results
 from ._front.simulate import SimulationConfig as SimulationConfig
 from ._front.simulate import simulate as simulate
+from ._front.simulation import Simulation as Simulation
+from ._front.simulation import SimulationResults as SimulationResults
 from ._front.starts import MultiStart as MultiStart
 from ._front.starts import StartsReport as StartsReport
 from ._inversion.contraction import ContractionConfig as ContractionConfig
@@ -80,7 +82,9 @@ __all__ = [
     "ScipyOptimizer",
     "Status",
     "Theta",
+    "Simulation",
     "SimulationConfig",
+    "SimulationResults",
     "monte_carlo",
     "simulate",
     "solve_delta",
