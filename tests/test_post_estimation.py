@@ -500,3 +500,46 @@ def test_partial_ownership_and_ownership_layouts_match_pyblp(nevo):
     owners = results.ownership(kappa_specification=kappa)
     for ownership in (owners, stacked, np.asarray(owners.dense())):
         _close(results.compute_prices(ownership=ownership, iteration=TIGHT), p_theirs.ravel(), "partial ownership")
+
+
+def test_demand_jacobians_hessians_and_profit_hessians_match_pyblp():
+    """On unbalanced markets (Nevo's first 8 markets, a product dropped from every other market), so that PyBLP's
+    NaN padding of the stacked arrays is checked too; prices and a non-price characteristic (sugar, in X2)."""
+    pyblp, products, agents = nevo_data(8)
+    drop = products.groupby("market_ids").cumcount().eq(0) & products.market_ids.isin(products.market_ids.unique()[::2])
+    products = products[~drop].reset_index(drop=True)
+    pp, bp = nevo_problems(pyblp, products, agents)
+    results = bp.solve(NEVO_SIGMA, NEVO_PI, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
+    theirs = pp.solve(NEVO_SIGMA, NEVO_PI, method="1s", optimization=pyblp.Optimization("return"))
+    for name in ("prices", "sugar"):
+        _close(results.compute_demand_jacobians(name), theirs.compute_demand_jacobians(name), f"{name} Jacobians")
+        _close(results.compute_demand_hessians(name), theirs.compute_demand_hessians(name), f"{name} Hessians")
+    _close(results.compute_profit_hessians(), theirs.compute_profit_hessians(), "profit Hessians")
+    market = products.market_ids.iloc[0]
+    _close(
+        results.compute_profit_hessians(market_id=market),
+        theirs.compute_profit_hessians(market_id=market),
+        "one market's profit Hessians",
+    )
+    # closed form: ∂²π_j/∂p_j² = 2 ∂s_j/∂p_j + (p_j − c_j) ∂²s_j/∂p_j²
+    market = products.market_ids.unique()[1]
+    H = results.compute_profit_hessians(market_id=market)
+    J1 = results.compute_demand_jacobians(market_id=market)
+    H1 = results.compute_demand_hessians(market_id=market)
+    eta = results.compute_eta()[products.market_ids == market].to_numpy()
+    own = np.arange(len(eta))
+    np.testing.assert_allclose(H[own, own, own], 2 * J1[own, own] + eta * H1[own, own, own], rtol=1e-10)
+
+
+def test_compute_delta_under_new_agents_matches_pyblp(nevo):
+    """δ at the estimated θ with other agents (the tutorial's nodes scaled by 1.2): as PyBLP's compute_delta."""
+    pyblp, products, results, theirs = nevo
+    agents = pd.read_csv(pyblp.data.NEVO_AGENTS_LOCATION)
+    for k in range(4):
+        agents[f"nodes{k}"] *= 1.2
+    ours = results.compute_delta(agent_data=agents, iteration=blpjax.ContractionConfig(tol=1e-14))
+    delta = theirs.compute_delta(agent_data=agents, iteration=pyblp.Iteration("squarem", {"atol": 1e-14}))
+    _close(ours, np.asarray(delta).ravel(), "delta under new agents", rtol=1e-9)
+    assert np.abs(ours.to_numpy() - results.delta).max() > 1e-3  # the new agents move δ
+    with pytest.raises(blpjax.BLPSpecificationError, match="agent_data"):
+        results.compute_delta()

@@ -223,6 +223,15 @@ class Counterfactuals(PostEstimation):
         O = self._ownership(firm_ids, ownership, "compute_passthrough")
         return self._layout(self._run("compute_passthrough", O), layout, "passthrough")
 
+    def compute_profit_hessians(self, prices=None, costs=None, market_id=None, layout: str = "stacked"):
+        """∂²π_j/∂p_k∂p_l, π_j = (p_j − c_j) s_j, at ``prices`` (observed) and ``costs`` (recovered from the first-order
+        conditions): the firms' second-order conditions (PyBLP's stacked N × J_max × J_max)."""
+        p = self._optional(prices, "compute_profit_hessians(prices)")
+        c = self._optional(costs, "compute_profit_hessians(costs)")
+        if c is None:
+            self._require_firms("compute_profit_hessians (recovering costs)")
+        return self._array(self._run("compute_profit_hessians", p, c), layout, market_id)
+
     # --- equilibrium prices and consumer surplus --------------------------------------------
     def compute_prices(
         self,

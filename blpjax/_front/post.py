@@ -18,10 +18,21 @@ import numpy as np
 import pandas as pd
 
 from .._base.config import jit
-from .._base.errors import BLPSpecificationError
-from .._model.post import Characteristic, counterfactual_shares, diversion_ratios, elasticities
+from .._base.errors import BLPEstimationError, BLPSpecificationError, Status
+from .._inversion.contraction import ContractionConfig
+from .._inversion.implicit import solve_delta
+from .._model.market import Market
+from .._model.post import (
+    Characteristic,
+    counterfactual_shares,
+    diversion_ratios,
+    elasticities,
+    share_hessian,
+    share_jacobian,
+)
 from .._post.fitted import Fitted
 from .._post.inference import bootstrap, delta_method
+from .data import build_agents
 
 
 @jit(once=True, inline=True, static_argnums=(0,))
@@ -183,6 +194,68 @@ class PostEstimation:
         x, ch = self._characteristic(name)
         E = _vmapped(elasticities, x, self.final.delta, self.theta, self.setup.market, ch)
         return self._layout(E, layout, "elasticity")
+
+    def _array(self, arr, layout: str, market_id=None) -> np.ndarray:
+        """Per-market arrays (T, J, J[, J]) as PyBLP gives them: stacked rows in row order with NaN beyond a market's
+        products (``"stacked"``), one market's J_t × J_t[ × J_t] block (``market_id``), or ``"padded"``."""
+        arr = np.asarray(arr, dtype=np.float64)
+        real = self.index.rows >= 0
+        if market_id is not None:
+            js = np.flatnonzero(real[self._market_rows(market_id)])
+            return arr[self._market_rows(market_id)][np.ix_(*([js] * (arr.ndim - 1)))]
+        if layout == "padded":
+            return arr
+        if layout != "stacked":
+            raise BLPSpecificationError("layout must be 'stacked' or 'padded'.")
+        out = self._flat(arr)
+        others = self._flat(np.broadcast_to(real[:, None, :], real.shape + real.shape[1:]))  # (N, J): k in j's market
+        keep = others[:, :, None] & others[:, None, :] if out.ndim == 3 else others
+        return np.where(keep, out, np.nan)
+
+    def compute_demand_jacobians(self, name: str = "prices", market_id=None, layout: str = "stacked"):
+        """∂s_j/∂x_k within each market (PyBLP's stacked N × J_max with NaN beyond a market's products). For prices,
+        through every X1/X2 column as ``price_derivatives`` says; another characteristic by its name."""
+        if name == "prices":
+            arr = self._run("compute_share_jacobian")
+        else:
+            x, ch = self._characteristic(name)
+            arr = _vmapped(share_jacobian, x, self.final.delta, self.theta, self.setup.market, ch)
+        return self._array(arr, layout, market_id)
+
+    def compute_demand_hessians(self, name: str = "prices", market_id=None, layout: str = "stacked"):
+        """∂²s_j/∂x_k∂x_l within each market (PyBLP's stacked N × J_max × J_max, NaN beyond a market's products)."""
+        if name == "prices":
+            arr = self._run("compute_share_hessian")
+        else:
+            x, ch = self._characteristic(name)
+            arr = _vmapped(share_hessian, x, self.final.delta, self.theta, self.setup.market, ch)
+        return self._array(arr, layout, market_id)
+
+    def compute_delta(self, agent_data=None, integration=None, iteration: ContractionConfig | None = None) -> pd.Series:
+        """δ solved from the observed shares at the estimated θ under new agents (PyBLP's ``compute_delta``): new
+        ``agent_data`` (nodes, weights and the same demographics) and/or an ``integration`` rule, checked as
+        :class:`Problem` checks agents. ``iteration``: the share inversion (default: the estimation's). Starts from
+        the estimated δ; a market whose inversion fails raises :class:`BLPEstimationError` naming it."""
+        if agent_data is None and integration is None:
+            raise BLPSpecificationError("compute_delta needs new agent_data, an integration rule, or both.")
+        if iteration is not None and not isinstance(iteration, ContractionConfig):
+            raise BLPSpecificationError("iteration must be a blpjax.ContractionConfig.")
+        spec = self.specification
+        agents = build_agents(agent_data, self.index, len(spec.nonlinear), spec.demographics, integration)
+        m = self.setup.market
+        market = Market(m.X2, agents.nodes, agents.demographics, agents.weights, m.log_shares, m.mask, m.nest_ids)
+        theta = self.spec.unpack(jnp.asarray(self.final.theta))
+        solve = jax.jit(jax.vmap(solve_delta, in_axes=(None, 0, 0, None)))
+        solved = solve(theta, market, jnp.asarray(self.final.delta), iteration or self.config)
+        status = np.asarray(solved.status)
+        if status.any():
+            bad = np.flatnonzero(status)
+            raise BLPEstimationError(
+                f"compute_delta: the share inversion failed in {len(bad)} market(s) "
+                f"{list(np.asarray(self.index.market_ids)[bad][:5])}: {Status(int(status[bad[0]])).explain()}."
+            )
+        index = pd.Index(self.index.row_labels if self.index.row_labels is not None else np.arange(self.index.n_rows))
+        return pd.Series(self._flat(np.asarray(solved.x)), index=index, name="delta")
 
     def compute_diversion_ratios(self, name: str = "prices", layout: str = "long"):
         """Diversion from j to k when x_j rises; the diagonal is diversion to the outside good."""

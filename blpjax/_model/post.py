@@ -51,6 +51,13 @@ def counterfactual_shares(x_new, x, delta, theta, market, ch):
     return _shares_at(x_new, x, delta, theta, market, ch)
 
 
+def share_hessian(x, delta, theta, market, ch) -> Float[Array, "J J J"]:
+    """∂²s_j/∂x_k∂x_l (zero on padding)."""
+    H = jax.jacfwd(jax.jacfwd(_shares_at))(x, x, delta, theta, market, ch)
+    m = market.mask
+    return jnp.where(m[:, None, None] & m[None, :, None] & m[None, None, :], H, 0.0)
+
+
 def share_jacobian(x, delta, theta, market, ch) -> Float[Array, "J J"]:
     """∂s_j/∂x_k (zero on padding)."""
     Jm = jax.jacfwd(_shares_at)(x, x, delta, theta, market, ch)

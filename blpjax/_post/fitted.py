@@ -132,6 +132,26 @@ class Fitted(eqx.Module):
         p = self.prices if prices is None else prices
         return jax.vmap(eq.share_jacobian, in_axes=(0, None, 0))(p, self.theta, self.demand)
 
+    def compute_share_hessian(self, prices=None) -> Float[Array, "T J J J"]:
+        """∂²s_j/∂p_k∂p_l at ``prices`` (observed by default), by forward-over-forward differentiation per market."""
+        p = self.prices if prices is None else prices
+
+        def one(q, d):
+            return jax.jacfwd(jax.jacfwd(lambda r: eq.shares_at(r, self.theta, d)))(q)
+
+        return jax.vmap(one)(p, self.demand)
+
+    def compute_profit_hessians(self, prices=None, costs=None) -> Float[Array, "T J J J"]:
+        """∂²π_j/∂p_k∂p_l with π_j = (p_j − c_j) s_j(p) (PyBLP's), at ``prices`` and ``costs`` (default: observed,
+        and recovered from the first-order conditions); second-order conditions of the firms' problem."""
+        p = self.prices if prices is None else prices
+        c = self.compute_costs() if costs is None else costs
+
+        def one(q, cost, d):
+            return jax.jacfwd(jax.jacfwd(lambda r: (r - cost) * eq.shares_at(r, self.theta, d)))(q)
+
+        return jax.vmap(one)(p, c, self.demand)
+
     def compute_eta(self, ownership=None, prices=None) -> Float[Array, "T J"]:
         """Markups η = p − c rationalising ``prices`` (observed by default) under ``ownership`` (the data's)."""
         O = self.ownership() if ownership is None else ownership
