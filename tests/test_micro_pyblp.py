@@ -278,3 +278,22 @@ def test_exercise3_analogue_estimate_matches_pyblp(nevo):
     np.testing.assert_allclose(ours.beta_se, np.asarray(theirs.beta_se).ravel(), rtol=1e-3)
     np.testing.assert_allclose(ours.micro_values["estimated"], theirs.micro_values.ravel(), rtol=1e-6)
     assert ours.converged
+
+
+def test_compute_micro_values_at_a_demand_only_estimate_match_pyblp(nevo):
+    """Micro moments not used in estimation, valued at the estimate (PyBLP's compute_micro_values)."""
+    products, agents = nevo
+    ours_problem, their_problem = _problems(products, agents, False)
+    ours, theirs = _configs(products)
+    sigma, pi = np.diag([0.5, 0.8, 2.0]), np.array([[1.0], [0.1], [-2.0]])
+    theirs_res = their_problem.solve(
+        sigma=sigma,
+        pi=pi,
+        method="1s",
+        optimization=pyblp.Optimization("return"),
+        iteration=pyblp.Iteration("squarem", {"atol": 1e-14}),
+    )
+    ours_res = ours_problem.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
+    values = ours_res.compute_micro_values(ours)
+    np.testing.assert_allclose(values.to_numpy(), theirs_res.compute_micro_values(theirs).ravel(), rtol=1e-10)
+    assert list(values.index) == [m.name for m in ours]

@@ -16,7 +16,7 @@ from .._layouts.layouts import Padded
 from .counterfactuals import Counterfactuals
 from .data import Specification
 from .optimal_iv import compute_optimal_instruments
-from .scores import agent_scores, micro_scores, optimal_micro_moments, simulate_micro_data
+from .scores import agent_scores, micro_scores, optimal_micro_moments, results_at, simulate_micro_data
 from .summary import format_results
 
 if TYPE_CHECKING:
@@ -238,6 +238,24 @@ class Results(Counterfactuals):
             {"observed": observed, "estimated": estimated, "difference": observed - estimated},
             index=pd.Index(self.micro_labels.moments, name="micro moment"),
         )
+
+    def compute_micro_values(self, micro_moments) -> pd.Series:
+        """Model values f(v(θ̂)) of any micro moments at the estimate (PyBLP's ``compute_micro_values``; each
+        moment's observed value is ignored), e.g. moments not used in estimation. δ is the estimate's."""
+        problem = self._needs_problem("compute_micro_values")
+        if not micro_moments:
+            raise BLPSpecificationError("compute_micro_values needs a non-empty sequence of blpjax.MicroMoment.")
+        theta = self.theta
+        at = results_at(
+            problem,
+            theta.sigma,
+            theta.pi,
+            theta.rho if self.spec.rho_free else None,
+            micro_moments=micro_moments,
+            delta=self.delta,
+            contraction=self.config,
+        )
+        return at.micro_values["estimated"].rename("value")
 
     @property
     def micro_covariances(self) -> np.ndarray:
