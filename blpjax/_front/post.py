@@ -139,6 +139,15 @@ class PostEstimation:
         return None if values is None else self._padded(values, what)
 
     # --- elasticities, diversion, shares (any characteristic) -------------------------------
+    def _require_prices(self, what: str) -> None:
+        """Prices must enter utility (a column of X1 or X2 that depends on them, see ``price_derivatives``)."""
+        dX1, dX2 = self.price_derivatives
+        if not (np.any(np.asarray(dX1) != 0) or np.any(np.asarray(dX2) != 0)):
+            raise BLPSpecificationError(
+                f"{what}: prices do not enter this model's utility (no X1 or X2 column named 'prices', and no "
+                "price_derivatives for another column), so their derivatives are zero. Name the characteristic instead."
+            )
+
     def _characteristic(self, name: str) -> tuple[jnp.ndarray, Characteristic]:
         p, products = self.specification, self.products
         if name not in p.linear and name not in p.nonlinear:
@@ -191,6 +200,9 @@ class PostEstimation:
             layout: ``"long"`` (tidy DataFrame), ``"stacked"`` (PyBLP's N × J_max array in row
                 order) or ``"padded"`` (T × J × J array).
         """
+        if name == "prices":  # through every X1/X2 column as price_derivatives says
+            self._require_prices("compute_elasticities")
+            return self._layout(self._run("compute_elasticities"), layout, "elasticity")
         x, ch = self._characteristic(name)
         E = _vmapped(elasticities, x, self.final.delta, self.theta, self.setup.market, ch)
         return self._layout(E, layout, "elasticity")
@@ -216,6 +228,7 @@ class PostEstimation:
         """∂s_j/∂x_k within each market (PyBLP's stacked N × J_max with NaN beyond a market's products). For prices,
         through every X1/X2 column as ``price_derivatives`` says; another characteristic by its name."""
         if name == "prices":
+            self._require_prices("compute_demand_jacobians")
             arr = self._run("compute_share_jacobian")
         else:
             x, ch = self._characteristic(name)
@@ -225,6 +238,7 @@ class PostEstimation:
     def compute_demand_hessians(self, name: str = "prices", market_id=None, layout: str = "stacked"):
         """∂²s_j/∂x_k∂x_l within each market (PyBLP's stacked N × J_max × J_max, NaN beyond a market's products)."""
         if name == "prices":
+            self._require_prices("compute_demand_hessians")
             arr = self._run("compute_share_hessian")
         else:
             x, ch = self._characteristic(name)
@@ -259,6 +273,9 @@ class PostEstimation:
 
     def compute_diversion_ratios(self, name: str = "prices", layout: str = "long"):
         """Diversion from j to k when x_j rises; the diagonal is diversion to the outside good."""
+        if name == "prices":
+            self._require_prices("compute_diversion_ratios")
+            return self._layout(self._run("compute_diversion_ratios"), layout, "diversion")
         x, ch = self._characteristic(name)
         D = _vmapped(diversion_ratios, x, self.final.delta, self.theta, self.setup.market, ch)
         return self._layout(D, layout, "diversion")
@@ -282,6 +299,10 @@ class PostEstimation:
             raise BLPSpecificationError("compute_shares(prices) or compute_shares(name, values), not both.")
         else:
             name, new = "prices", prices
+        if name == "prices":  # prices move X1 and X2 as price_derivatives says
+            self._require_prices("compute_shares")
+            p = None if new is None else self._padded(new, "compute_shares(prices)")
+            return self._flat(np.asarray(self._run("compute_shares", p)))
         x, ch = self._characteristic(name)
         x_new = x if new is None else self._padded(new, f"compute_shares({name!r}, values)")
         s = _vmapped_cf(counterfactual_shares, x_new, x, self.final.delta, self.theta, self.setup.market, ch)
@@ -309,11 +330,16 @@ class PostEstimation:
 
     def compute_aggregate_elasticities(self, factor: float = 0.1, name: str = "prices", market_id=None):
         """Per market, (Σ_j s_j(x(1 + factor)) − Σ_j s_j)/factor: the inside goods' response to scaling x."""
-        x, ch = self._characteristic(name)
-        s_new = _vmapped_cf(
-            counterfactual_shares, x * (1 + factor), x, self.final.delta, self.theta, self.setup.market, ch
-        )
-        s_old = _vmapped_cf(counterfactual_shares, x, x, self.final.delta, self.theta, self.setup.market, ch)
+        if name == "prices":
+            self._require_prices("compute_aggregate_elasticities")
+            p = self.fitted.prices
+            s_new, s_old = self._run("compute_shares", p * (1 + factor)), self._run("compute_shares", p)
+        else:
+            x, ch = self._characteristic(name)
+            s_new = _vmapped_cf(
+                counterfactual_shares, x * (1 + factor), x, self.final.delta, self.theta, self.setup.market, ch
+            )
+            s_old = _vmapped_cf(counterfactual_shares, x, x, self.final.delta, self.theta, self.setup.market, ch)
         values = np.asarray(jnp.sum(s_new - s_old, axis=1)) / factor
         out = pd.Series(values, index=pd.Index(self.index.market_ids, name="market_ids"), name="aggregate_elasticity")
         return out if market_id is None else out.iloc[[self._market_rows(market_id)]]

@@ -65,20 +65,26 @@ def share_jacobian(x, delta, theta, market, ch) -> Float[Array, "J J"]:
     return jnp.where(both, Jm, 0.0)
 
 
+def elasticities_from(Jm, x, s, mask) -> Float[Array, "J J"]:
+    """(j, k) = ∂s_j/∂x_k · x_k / s_j from one market's share Jacobian (zero on padding)."""
+    both = mask[:, None] & mask[None, :]
+    return jnp.where(both, Jm * x[None, :] / jnp.where(mask, s, 1.0)[:, None], 0.0)
+
+
+def diversion_from(Jm, mask) -> Float[Array, "J J"]:
+    """(j, k) = −(∂s_k/∂x_j)/(∂s_j/∂x_j), diversion to the outside good on the diagonal (zero on padding)."""
+    own = jnp.diag(Jm)
+    safe_own = jnp.where(mask, own, 1.0)
+    D = -Jm.T / safe_own[:, None]
+    outside = jnp.sum(Jm, axis=0) / safe_own  # −∂s_0/∂x_j / ∂s_j/∂x_j with ∂s_0 = −Σ_k ∂s_k
+    D = jnp.where(jnp.eye(mask.shape[0], dtype=bool), outside[:, None], D)
+    return jnp.where(mask[:, None] & mask[None, :], D, 0.0)
+
+
 def elasticities(x, delta, theta, market, ch) -> Float[Array, "J J"]:
     s = market_shares(x, delta, theta, market, ch)
-    Jm = share_jacobian(x, delta, theta, market, ch)
-    both = market.mask[:, None] & market.mask[None, :]
-    return jnp.where(both, Jm * x[None, :] / jnp.where(market.mask, s, 1.0)[:, None], 0.0)
+    return elasticities_from(share_jacobian(x, delta, theta, market, ch), x, s, market.mask)
 
 
 def diversion_ratios(x, delta, theta, market, ch) -> Float[Array, "J J"]:
-    Jm = share_jacobian(x, delta, theta, market, ch)
-    own = jnp.diag(Jm)
-    safe_own = jnp.where(market.mask, own, 1.0)
-    D = -Jm.T / safe_own[:, None]  # (j, k) = −∂s_k/∂x_j / ∂s_j/∂x_j
-    outside = jnp.sum(Jm, axis=0) / safe_own  # −∂s_0/∂x_j / ∂s_j/∂x_j with ∂s_0 = −Σ_k ∂s_k
-    J = x.shape[0]
-    D = jnp.where(jnp.eye(J, dtype=bool), outside[:, None], D)
-    both = market.mask[:, None] & market.mask[None, :]
-    return jnp.where(both, D, 0.0)
+    return diversion_from(share_jacobian(x, delta, theta, market, ch), market.mask)

@@ -22,6 +22,7 @@ from .._inversion.contraction import ContractionConfig, FixedPoint
 from .._inversion.implicit import delta_at_solution, solve_delta
 from .._model.market import Market, Theta
 from .._model.params import ParameterSpec
+from .._model.post import diversion_from, elasticities_from
 from .._supply import equilibrium as eq
 from .._supply.bertrand import ownership_matrix
 
@@ -131,6 +132,16 @@ class Fitted(eqx.Module):
     def compute_share_jacobian(self, prices=None) -> Float[Array, "T J J"]:
         p = self.prices if prices is None else prices
         return jax.vmap(eq.share_jacobian, in_axes=(0, None, 0))(p, self.theta, self.demand)
+
+    def compute_elasticities(self, prices=None) -> Float[Array, "T J J"]:
+        """Price elasticities ∂s_j/∂p_k · p_k/s_j at ``prices`` (observed by default)."""
+        p = self.prices if prices is None else prices
+        Jm = self.compute_share_jacobian(p)
+        return jax.vmap(elasticities_from)(Jm, p, self.compute_shares(p), self.mask)
+
+    def compute_diversion_ratios(self, prices=None) -> Float[Array, "T J J"]:
+        """Diversion −(∂s_k/∂p_j)/(∂s_j/∂p_j), to the outside good on the diagonal, at ``prices``."""
+        return jax.vmap(diversion_from)(self.compute_share_jacobian(prices), self.mask)
 
     def compute_share_hessian(self, prices=None) -> Float[Array, "T J J J"]:
         """∂²s_j/∂p_k∂p_l at ``prices`` (observed by default), by forward-over-forward differentiation per market."""
