@@ -8,6 +8,7 @@ Usage::
     python benchmarks/replicate_mixtape.py                       # JSON to stdout
     python benchmarks/replicate_mixtape.py --out results.json    # JSON to a file
     python benchmarks/replicate_mixtape.py --check-pyblp         # also run PyBLP 1.3.0, print differences
+    python benchmarks/replicate_mixtape.py --check-course        # also compare with the numbers the course prints
 
 The output is one flat JSON dict. Keys are ``<exercise>.<specification>.<quantity>``, e.g.
 ``ex1.iv.price_se_clustered``; scalars are floats and per-product quantities are lists in data order.
@@ -42,6 +43,11 @@ Exercise 3 (micro moments; see :data:`EX3_INCOME` and following): ``ex3.income``
 (PyBLP's ``simulate_micro_data(..., seed=0)`` at PyBLP's Exercise 3.2 fit, as the course; :func:`ex3_simulated_survey`) and scored by each library at its own Exercise 3.2 estimate with the same
 1,000 draws per respondent and per agent (:func:`ex3_score_rows`); ``sigma_1`` (with π_1 and standard errors) is
 re-estimated with that moment in place of the income moment.
+
+With ``--check-course`` each key that the course's solution notebooks print (recorded as printed, with notebook, cell
+and commit, in :data:`COURSE_PRINTED`) is compared at the printed precision (:func:`agrees_with_printed`); the table
+goes to stderr and any disagreement makes the exit status non-zero. Printed numbers that are not the same quantity
+(e.g. the optimal micro moments, simulated with other draws) are listed there under ``unmatched`` and not checked.
 """
 
 from __future__ import annotations
@@ -713,6 +719,39 @@ def max_relative_differences(ours: dict, reference: dict, absolute=ABSOLUTE_KEYS
     return diffs
 
 
+#: The numbers the course's solution notebooks print, as printed, keyed like the output (``values``).
+COURSE_PRINTED = Path(__file__).resolve().parent / "results" / "mixtape_course_printed.json"
+
+
+def agrees_with_printed(value: float, printed: str, decimals: int | None = None) -> bool:
+    """Whether ``value`` rounded as ``printed`` is printed has ``printed``'s value: to its significant digits in
+    scientific notation (``-1.90E-02``), else to its decimals (``-30.6``) or to ``decimals`` where given (pandas trims
+    trailing zeros: its ``-30.6`` at precision 3 is ``-30.600``)."""
+    mantissa, scientific, _ = printed.upper().partition("E")
+    places = len(mantissa.partition(".")[2]) if decimals is None else decimals
+    return float(f"{value:.{places}{'E' if scientific else 'f'}}") == float(printed)
+
+
+def check_course(results: dict, path: Path = COURSE_PRINTED) -> bool:
+    """Print key, printed, blpjax, agree? (stderr) for every recorded course value of a key in ``results``, one row per
+    element; True if all agree."""
+    rows = []
+    for key, entry in json.loads(path.read_text())["values"].items():
+        if key not in results:
+            continue
+        ours, printed = np.atleast_1d(np.asarray(results[key], float)), np.atleast_1d(entry["printed"])
+        for i, (value, text) in enumerate(zip(ours, printed, strict=True)):
+            name = f"{key}[{i}]" if isinstance(entry["printed"], list) else key
+            rows.append((name, str(text), f"{value:.8g}", agrees_with_printed(value, text, entry.get("decimals"))))
+    width = max((len(r[0]) for r in rows), default=0)
+    print(f"blpjax vs the course's printed numbers ({path.name}):", file=sys.stderr)
+    print(f"  {'key':<{width}}  {'printed':>11}  {'blpjax':>14}  agree?", file=sys.stderr)
+    for name, text, value, agree in rows:
+        print(f"  {name:<{width}}  {text:>11}  {value:>14}  {'yes' if agree else 'NO'}", file=sys.stderr)
+    print(f"  {sum(r[3] for r in rows)}/{len(rows)} agree", file=sys.stderr)
+    return all(r[3] for r in rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -730,6 +769,11 @@ def main(argv: list[str] | None = None) -> int:
         "--check-pyblp",
         action="store_true",
         help="also run the specifications in PyBLP and print max relative differences",
+    )
+    parser.add_argument(
+        "--check-course",
+        action="store_true",
+        help="compare with the numbers the course's solution notebooks print (exit 1 if any disagree)",
     )
     parser.add_argument(
         "--tol",
@@ -750,8 +794,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
 
+    status = int(args.check_course and not check_course(results))
     if not args.check_pyblp:
-        return 0
+        return status
     reference: dict = {}
     for name in args.exercises:
         reference.update(EXERCISES[name][1](product_data, args.data))
@@ -760,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"max relative difference blpjax vs PyBLP (absolute for {sorted(ABSOLUTE_KEYS)}):", file=sys.stderr)
     for key, d in diffs.items():
         print(f"  {key:<{width}}  {d:.3e}{'  FAIL' if d > args.tol else ''}", file=sys.stderr)
-    return int(max(diffs.values()) > args.tol)
+    return status | int(max(diffs.values()) > args.tol)
 
 
 if __name__ == "__main__":
