@@ -202,13 +202,33 @@ def _rank_check(A: np.ndarray, names, what: str, hint: str):
             )
 
 
+def endogenous_columns(linear: tuple[str, ...], price_derivatives: dict | None, declared) -> tuple[str, ...]:
+    """The endogenous X1 columns: ``prices``, every column ``price_derivatives`` says moves with prices (a column name
+    or a non-zero number), and the ``declared`` ones (checked to be X1 columns)."""
+    if isinstance(declared, str):
+        raise BLPSpecificationError(f"endogenous must be a sequence of column names, not the string {declared!r}.")
+    declared = tuple(declared)
+    unknown = [c for c in declared if c not in linear or c == CONSTANT]
+    if unknown:
+        raise BLPSpecificationError(
+            f"endogenous names {unknown}, which are not columns of the linear characteristics X1 {list(linear)}."
+        )
+    moving = []
+    for name, d in (price_derivatives or {}).items():
+        if isinstance(d, str) or (isinstance(d, int | float) and not isinstance(d, bool) and d != 0):
+            moving.append(name)
+    return tuple(dict.fromkeys((*ENDOGENOUS, *moving, *declared)))
+
+
 def build_products(
     product_data: pd.DataFrame,
     x1: tuple[str, ...],
     x2: tuple[str, ...],
     absorb: tuple[str, ...],
+    endogenous: tuple[str, ...] = ENDOGENOUS,
 ) -> tuple[Products, ProductIndex]:
-    """Validate ``product_data`` and build padded :class:`Products`."""
+    """Validate ``product_data`` and build padded :class:`Products`. ``endogenous``: the X1 columns that are not
+    their own instruments (prices, columns that depend on prices, declared ones)."""
     frame = "product_data"
     if not isinstance(product_data, pd.DataFrame):
         raise BLPDataError("product_data must be a pandas DataFrame with PyBLP's column names.")
@@ -283,8 +303,8 @@ def build_products(
     X2 = np.column_stack([column(c) for c in x2]) if x2 else np.zeros((len(df), 0))
     prices = _numeric(df, "prices", frame) if "prices" in df.columns else np.zeros(len(df))
     excluded = _columns_by_prefix(df, "demand_instruments")
-    endogenous = [c for c in x1 if c in ENDOGENOUS]
-    exogenous = [c for c in x1 if c not in ENDOGENOUS]
+    endogenous = [c for c in x1 if c in endogenous]
+    exogenous = [c for c in x1 if c not in endogenous]
     if len(excluded) < len(endogenous):
         raise BLPDataError(
             f"too few instruments: X1 has endogenous regressor(s) {endogenous} but product_data has "

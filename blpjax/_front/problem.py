@@ -26,7 +26,7 @@ from .._model.integration import Integration
 from .._model.logit import logit_delta
 from .._model.params import ParameterSpec, build_parameters
 from .._supply.bertrand import build_supply_setup
-from .data import Specification, build_agents, build_products
+from .data import Specification, build_agents, build_products, endogenous_columns
 from .micro_data import MicroMoment, build_micro, market_views
 from .objective import Objective
 from .results import Results
@@ -69,7 +69,10 @@ class Problem:
         costs_type: ``"linear"`` (c = X3γ + ω) or ``"log"`` (log c = X3γ + ω).
         price_derivatives: ∂column/∂price of X1/X2 columns other than ``prices`` (a number, or a
             column name for interactions), e.g. ``{"neg_prices": -1}`` for a column of −prices. Used by
-            the supply side and by every price counterfactual (costs, markups, equilibrium prices).
+            the supply side and by every price counterfactual (costs, markups, equilibrium prices). An X1
+            column with a non-zero price derivative is endogenous: it is never its own instrument.
+        endogenous: other X1 columns that are endogenous (not their own instruments; each needs an excluded
+            instrument), e.g. a quality measure correlated with ξ. ``prices`` always is.
         devices: spread markets over devices: ``None`` (default device), an int n (the first n of
             ``jax.devices()``, all hosts after ``jax.distributed.initialize()``) or a list of devices.
         buckets: solve markets in at most this many (J, I) size classes (``"auto"``: up to 8), one
@@ -95,6 +98,7 @@ class Problem:
         costs: Sequence[str] = (),
         costs_type: str = "linear",
         price_derivatives: dict | None = None,
+        endogenous: Sequence[str] = (),
         devices=None,
         buckets: int | str | None = None,
         market_batch_size: int | None = None,
@@ -113,7 +117,10 @@ class Problem:
         self.absorb, self.demographics = tuple(absorb), tuple(demographics)
         self.rho_by_nest = rho_by_nest
         self.product_data = product_data
-        self.products, self.index = build_products(product_data, self.linear, self.nonlinear, self.absorb)
+        self.endogenous = endogenous_columns(self.linear, price_derivatives, endogenous)
+        self.products, self.index = build_products(
+            product_data, self.linear, self.nonlinear, self.absorb, self.endogenous
+        )
         self.agents = build_agents(agent_data, self.index, len(self.nonlinear), self.demographics, integration)
         self.costs, self.costs_type = tuple(costs), costs_type
         # how prices move X1 and X2 (post-estimation and counterfactuals; the supply side's markups)

@@ -22,7 +22,7 @@ from .._base.errors import BLPEstimationError, BLPNumericalWarning, BLPSpecifica
 from .._inversion.contraction import ContractionConfig
 from .._inversion.implicit import solve_delta
 from .._post.fitted import Fitted
-from .data import CONSTANT
+from .data import CONSTANT, endogenous_columns
 from .problem import Problem
 
 
@@ -166,9 +166,14 @@ class Simulation:
             df["prices"] = prices
         elif "prices" not in df.columns:
             df["prices"] = np.linspace(1.0, 2.0, len(df))  # a placeholder (not collinear with a constant)
-        if not any(c.startswith("demand_instruments") for c in df.columns):
-            # a placeholder (random, so not collinear with X1): the internal problem is never estimated
-            df["demand_instruments0"] = np.random.default_rng([99, 271828]).standard_normal(len(df))
+        needed = len([c for c in self.linear if c in endogenous_columns(self.linear, self.price_derivatives, ())])
+        have = [c for c in df.columns if str(c).startswith("demand_instruments")]
+        if (
+            len(have) < needed
+        ):  # placeholders (random, so not collinear with X1): the internal problem is never estimated
+            df = df.drop(columns=have)
+            for k in range(needed):
+                df[f"demand_instruments{k}"] = np.random.default_rng([99, k, 271828]).standard_normal(len(df))
         return Problem(
             df,
             self.linear,
