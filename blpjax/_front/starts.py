@@ -172,7 +172,8 @@ class StartsReport:
         ok = int(self.table["converged"].sum())
         return (
             f"StartsReport: {len(self.table)} starts, {ok} converged, {len(self.optima)} distinct optima "
-            f"(best objective {self.optima['objective'].iloc[0]:.10g}), {self.seconds:.1f} s\n{self.optima.to_string()}"
+            f"(best objective {self.optima['objective'].iloc[0]:.10g}), {self.seconds:.1f} s; the best 10 optima:\n"
+            f"{self.optima.head(10).to_string()}"
         )
 
 
