@@ -52,6 +52,25 @@ def _pyblp_simulation(pyblp, products, agents, xi, omega, costs_type="linear", r
     )
 
 
+def _simulation(products, agents, xi, omega, **options):
+    """blpjax's Simulation of the tests' specification: X1 = (1, prices, x), X2 = (prices, x), X3 = (1, z)."""
+    return blpjax.Simulation(
+        products,
+        ("1", "prices", "x"),
+        ("prices", "x"),
+        ("1", "z"),
+        beta=BETA,
+        sigma=SIGMA,
+        pi=PI,
+        gamma=GAMMA,
+        agent_data=agents,
+        demographics=("income",),
+        xi=xi,
+        omega=omega,
+        **options,
+    )
+
+
 def _close(ours, theirs):
     theirs = np.asarray(theirs, np.float64).ravel()
     np.testing.assert_allclose(np.asarray(ours, np.float64), theirs, rtol=1e-8, atol=1e-12)
@@ -66,22 +85,7 @@ def test_replace_endogenous_matches_pyblp(costs_type, nested):
     theirs = _pyblp_simulation(pyblp, products, agents, xi, omega, costs_type, rho).replace_endogenous(
         iteration=pyblp.Iteration("simple", {"atol": 1e-14})
     )
-    sim = blpjax.Simulation(
-        products,
-        ("1", "prices", "x"),
-        ("prices", "x"),
-        ("1", "z"),
-        beta=BETA,
-        sigma=SIGMA,
-        pi=PI,
-        rho=rho,
-        gamma=GAMMA,
-        agent_data=agents,
-        demographics=("income",),
-        xi=xi,
-        omega=omega,
-        costs_type=costs_type,
-    )
+    sim = _simulation(products, agents, xi, omega, rho=rho, costs_type=costs_type)
     ours = sim.replace_endogenous(iteration=blpjax.ContractionConfig(method="simple", tol=1e-14))
     assert not ours.status.any()
     _close(ours.product_data["prices"], theirs.product_data.prices)
@@ -121,20 +125,7 @@ def test_simulated_data_through_a_problem_give_back_xi_and_costs():
     rng = np.random.default_rng(1)
     for k in range(5):
         products[f"demand_instruments{k}"] = rng.normal(size=len(products))
-    sim = blpjax.Simulation(
-        products,
-        ("1", "prices", "x"),
-        ("prices", "x"),
-        ("1", "z"),
-        beta=BETA,
-        sigma=SIGMA,
-        pi=PI,
-        gamma=GAMMA,
-        agent_data=agents,
-        demographics=("income",),
-        xi=xi,
-        omega=omega,
-    )
+    sim = _simulation(products, agents, xi, omega)
     simulated = sim.replace_endogenous(iteration=blpjax.ContractionConfig(method="simple", tol=1e-14))
     problem = simulated.to_problem(costs=())  # demand only (blpjax's supply side needs prices in X2)
     results = problem.solve(SIGMA, PI, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
