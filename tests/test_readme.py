@@ -50,7 +50,11 @@ def test_shell_blocks_and_the_demo_run():
     demo = subprocess.run(
         # the README's `blpjax demo` on 40 markets and 100 agents (the default 200 × 200 takes a minute on 2 cores;
         # every step and section is the same)
-        [sys.executable, "-c", "from blpjax.internal import cli_main; cli_main(['demo', '--markets', '40', '--agents', '100'])"],
+        [
+            sys.executable,
+            "-c",
+            "from blpjax.internal import cli_main; cli_main(['demo', '--markets', '40', '--agents', '100'])",
+        ],
         capture_output=True,
         text=True,
         timeout=900,
