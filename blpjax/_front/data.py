@@ -202,24 +202,6 @@ def _rank_check(A: np.ndarray, names, what: str, hint: str):
             )
 
 
-def endogenous_columns(linear: tuple[str, ...], price_derivatives: dict | None, declared) -> tuple[str, ...]:
-    """The endogenous X1 columns: ``prices``, every column ``price_derivatives`` says moves with prices (a column name
-    or a non-zero number), and the ``declared`` ones (checked to be X1 columns)."""
-    if isinstance(declared, str):
-        raise BLPSpecificationError(f"endogenous must be a sequence of column names, not the string {declared!r}.")
-    declared = tuple(declared)
-    unknown = [c for c in declared if c not in linear or c == CONSTANT]
-    if unknown:
-        raise BLPSpecificationError(
-            f"endogenous names {unknown}, which are not columns of the linear characteristics X1 {list(linear)}."
-        )
-    moving = []
-    for name, d in (price_derivatives or {}).items():
-        if isinstance(d, str) or (isinstance(d, int | float) and not isinstance(d, bool) and d != 0):
-            moving.append(name)
-    return tuple(dict.fromkeys((*ENDOGENOUS, *moving, *declared)))
-
-
 def build_products(
     product_data: pd.DataFrame,
     x1: tuple[str, ...],

@@ -26,13 +26,13 @@ from .._model.integration import Integration
 from .._model.logit import logit_delta
 from .._model.params import ParameterSpec, build_parameters
 from .._supply.bertrand import build_supply_setup
-from .data import Specification, build_agents, build_products, endogenous_columns
+from .data import Specification, build_agents, build_products
 from .micro_data import MicroMoment, build_micro, market_views
 from .objective import Objective
 from .results import Results
 from .starts import MultiStart, run_starts
 from .summary import format_problem
-from .supply_data import build_supply_arrays, price_derivative_arrays
+from .supply_data import build_supply_arrays, endogenous_columns, price_derivative_arrays
 
 
 class _Prepared(NamedTuple):

@@ -22,8 +22,9 @@ from .._base.errors import BLPEstimationError, BLPNumericalWarning, BLPSpecifica
 from .._inversion.contraction import ContractionConfig
 from .._inversion.implicit import solve_delta
 from .._post.fitted import Fitted
-from .data import CONSTANT, endogenous_columns
+from .data import CONSTANT
 from .problem import Problem
+from .supply_data import endogenous_columns
 
 
 @dataclasses.dataclass(frozen=True)

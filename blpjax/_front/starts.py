@@ -23,8 +23,10 @@ from .._estimation.programs import gather
 from .._estimation.replications import default_batch_size
 from .._model.params import ParameterSpec
 
-#: objectives within this relative distance count as one local optimum
+#: objectives within this relative distance (or this absolute one, for optima at q ≈ 0 of just-identified models)
+#: count as one local optimum
 SAME_OPTIMUM_RTOL = 1e-6
+SAME_OPTIMUM_ATOL = 1e-10
 
 
 class MultiStart(eqx.Module):
@@ -113,7 +115,7 @@ class StartsReport:
             share inversion converged there), ``iterations``, ``evaluations``, ``optimum`` (its local optimum's
             number in ``optima``, by objective; −1 where the objective is not finite).
         optima: the distinct local optima among finite objectives, best first (objectives within 1e-6 relative count
-            as one): ``objective``, ``starts`` (how many reached it), ``converged`` (how many of those converged),
+            as one, or within 1e-10 absolute near q = 0): ``objective``, ``starts`` (how many reached it), ``converged`` (how many of those converged),
             and the parameters of its best start.
         best: the row of ``table`` whose optimum the estimate starts from (the lowest converged objective, else the
             lowest finite one).
@@ -140,7 +142,8 @@ class StartsReport:
         group = np.full(len(q), -1)
         groups: list[list[int]] = []
         for k in order[: int(finite.sum())]:
-            if groups and abs(q[k] - q[groups[-1][0]]) <= SAME_OPTIMUM_RTOL * max(abs(q[groups[-1][0]]), 1e-300):
+            head = q[groups[-1][0]] if groups else np.nan
+            if groups and abs(q[k] - head) <= max(SAME_OPTIMUM_RTOL * abs(head), SAME_OPTIMUM_ATOL):
                 groups[-1].append(k)
             else:
                 groups.append([k])

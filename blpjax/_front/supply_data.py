@@ -7,7 +7,7 @@ import pandas as pd
 
 from .._base.errors import BLPDataError, BLPSpecificationError
 from .._supply.bertrand import COSTS_TYPES
-from .data import CONSTANT, ProductIndex, _columns_by_prefix, _numeric, _rank_check, _require
+from .data import CONSTANT, ENDOGENOUS, ProductIndex, _columns_by_prefix, _numeric, _rank_check, _require
 
 
 def build_supply_arrays(
@@ -95,3 +95,21 @@ def price_derivative_arrays(
     dX1 = np.column_stack([derivative(c) for c in x1]) if x1 else np.zeros((len(df), 0))
     dX2 = np.column_stack([derivative(c) for c in x2]) if x2 else np.zeros((len(df), 0))
     return dX1, dX2
+
+
+def endogenous_columns(linear: tuple[str, ...], price_derivatives: dict | None, declared) -> tuple[str, ...]:
+    """The endogenous X1 columns: ``prices``, every column ``price_derivatives`` says moves with prices (a column name
+    or a non-zero number), and the ``declared`` ones (checked to be X1 columns)."""
+    if isinstance(declared, str):
+        raise BLPSpecificationError(f"endogenous must be a sequence of column names, not the string {declared!r}.")
+    declared = tuple(declared)
+    unknown = [c for c in declared if c not in linear or c == CONSTANT]
+    if unknown:
+        raise BLPSpecificationError(
+            f"endogenous names {unknown}, which are not columns of the linear characteristics X1 {list(linear)}."
+        )
+    moving = []
+    for name, d in (price_derivatives or {}).items():
+        if isinstance(d, str) or (isinstance(d, int | float) and not isinstance(d, bool) and d != 0):
+            moving.append(name)
+    return tuple(dict.fromkeys((*ENDOGENOUS, *moving, *declared)))
