@@ -213,8 +213,9 @@ class PostEstimation:
         arr = np.asarray(arr, dtype=np.float64)
         real = self.index.rows >= 0
         if market_id is not None:
-            js = np.flatnonzero(real[self._market_rows(market_id)])
-            return arr[self._market_rows(market_id)][np.ix_(*([js] * (arr.ndim - 1)))]
+            t = self._market_rows(market_id)
+            js = np.flatnonzero(real[t])
+            return arr[t][np.ix_(*([js] * (arr.ndim - 1)))]
         if layout == "padded":
             return arr
         if layout != "stacked":

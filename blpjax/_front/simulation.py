@@ -154,9 +154,8 @@ class Simulation:
     # --- internal: a Problem on the data with placeholders where replace_* supplies values ------------------
     def _problem(self, data: pd.DataFrame, prices=None, shares=None, placeholders=()) -> Problem:
         df = data.copy()
-        for k, column in enumerate(
-            placeholders
-        ):  # characteristics being solved for: any values (random, so not collinear)
+        # characteristics being solved for: any values (random, so not collinear)
+        for k, column in enumerate(placeholders):
             df[column] = np.random.default_rng([k, 271828]).standard_normal(len(df))
         counts = df.groupby("market_ids", sort=False)["market_ids"].transform("size").to_numpy()
         if shares is not None:
@@ -169,9 +168,8 @@ class Simulation:
             df["prices"] = np.linspace(1.0, 2.0, len(df))  # a placeholder (not collinear with a constant)
         needed = len([c for c in self.linear if c in endogenous_columns(self.linear, self.price_derivatives, ())])
         have = [c for c in df.columns if str(c).startswith("demand_instruments")]
-        if (
-            len(have) < needed
-        ):  # placeholders (random, so not collinear with X1): the internal problem is never estimated
+        # placeholders (random, so not collinear with X1): the internal problem is never estimated
+        if len(have) < needed:
             df = df.drop(columns=have)
             for k in range(needed):
                 df[f"demand_instruments{k}"] = np.random.default_rng([99, k, 271828]).standard_normal(len(df))
@@ -262,17 +260,18 @@ class Simulation:
         p0 = c if prices is None else self._base.index.aligned(prices, "prices")
         problem = self._problem(self.product_data, prices=p0)  # X1 and X2 at the starting prices
         index = problem.index
-        fitted = self._fitted(problem, self._linear_utility(problem))
+        delta0 = self._linear_utility(problem)
+        fitted = self._fitted(problem, delta0)
         solved = jax.jit(Fitted.compute_prices)(fitted, None, jnp.asarray(index.padded(c)), None, iteration)
         self._check(solved.status, problem, "equilibrium prices", throw)
         shares = jax.jit(Fitted.compute_shares)(fitted, solved.x)
         out = self.product_data.copy()
         out["prices"] = index.flat(np.asarray(solved.x))
         out["shares"] = index.flat(np.asarray(shares))
-        at_prices = self._problem(self.product_data, prices=out["prices"].to_numpy())
-        return SimulationResults(
-            out, c, self._linear_utility(at_prices), np.asarray(solved.status), np.asarray(solved.evaluations), self
-        )
+        # δ at the new prices: X1 moves with prices as price_derivatives says (∂δ/∂p = ∂X1/∂p · β)
+        d_delta = index.flat(np.asarray(problem.price_derivatives[0])) @ self.beta
+        delta = delta0 + d_delta * (out["prices"].to_numpy() - p0)
+        return SimulationResults(out, c, delta, np.asarray(solved.status), np.asarray(solved.evaluations), self)
 
     def replace_exogenous(
         self, X1_name: str, X3_name: str | None = None, iteration: ContractionConfig | None = None, throw=True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import equinox as eqx
+import jax
 import numpy as np
 import pandas as pd
 
@@ -196,20 +197,7 @@ def run_starts(multistart: MultiStart, prep, optimizer, se_type: str, W_type: st
     batch = multistart.batch_size or default_batch_size(X0.shape[0])
     t0 = time.perf_counter()
     out = minimize_starts(engine, optimizer, X0, prep.delta0, conc, spec.lower, spec.upper, batch)
-    out = StartsOutcome(
-        *(
-            np.asarray(a)
-            for a in (
-                out.x,
-                out.objective,
-                out.gradient,
-                out.success,
-                out.inversions_ok,
-                out.iterations,
-                out.evaluations,
-            )
-        )
-    )
+    out = jax.tree_util.tree_map(np.asarray, out)  # one transfer to the host
     report = StartsReport(
         spec.labels, X0, out, np.asarray(spec.lower), np.asarray(spec.upper), time.perf_counter() - t0
     )
