@@ -164,7 +164,7 @@ CASES = [
         "product_ids",
     ),
     ("missing nest", lambda: blpjax.Problem(products(nesting_ids=np.nan), ("1",)), E, "nesting_ids"),
-    ("linear as a string", lambda: blpjax.Problem(PRODUCTS, linear="prices"), S, "sequence of column names"),
+    ("formula naming a missing column", lambda: blpjax.Problem(PRODUCTS, linear="prices + nosuch"), E, "nosuch"),
     ("empty X1", lambda: blpjax.Problem(PRODUCTS, linear=()), S, "X1 is empty"),
     # --- agent data ----------------------------------------------------------------------------------
     ("agents not a DataFrame", lambda: rc_problem(a=AGENTS.to_numpy()), E, "agent_data must be a pandas"),

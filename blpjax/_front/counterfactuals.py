@@ -253,11 +253,15 @@ class Counterfactuals(PostEstimation):
         of the price step weighted by |Λ|, i.e. of a profit gradient, as PyBLP; 5,000 evaluations). A market that does not converge raises (``throw=True``) or warns.
         With ``se=True`` the standard errors differentiate the whole map θ, β → costs → new prices.
         """
+        share_costs = None
         if not constant_costs:
-            raise BLPSpecificationError(
-                "constant_costs=False re-evaluates costs that depend on shares, but no cost characteristic of this "
-                "problem depends on shares: costs are constant here (drop the argument)."
-            )
+            share_costs = getattr(self, "cost_terms", None)
+            if share_costs is None:
+                raise BLPSpecificationError(
+                    "constant_costs=False re-evaluates costs that depend on shares, but no cost characteristic of this "
+                    "problem depends on shares: costs are constant here (drop the argument). Costs that do are stated "
+                    "in the costs formula, e.g. costs='1 + sugar + log(shares)'."
+                )
         O = self._ownership(firm_ids, ownership, "compute_prices")
         c = self._optional(costs, "compute_prices(costs)")
         if c is None:
@@ -266,9 +270,9 @@ class Counterfactuals(PostEstimation):
         config = iteration
         if config is not None and not isinstance(config, ContractionConfig):
             raise BLPSpecificationError("iteration must be a blpjax.ContractionConfig(method='simple', ...).")
-        solved = self._run("compute_prices", O, c, p0, config)
+        solved = self._run("compute_prices", O, c, p0, config, share_costs=share_costs)
         self._check_equilibrium(solved, throw)
-        call = _Call("compute_prices", (O, c, p0, config), {}, "x")
+        call = _Call("compute_prices", (O, c, p0, config), {"share_costs": share_costs}, "x")
         return self._per_product(call, "prices", se, market_id, values=solved.x)
 
     def _check_equilibrium(self, solved, throw: bool):

@@ -92,6 +92,7 @@ class PostEstimation:
                 jnp.asarray(dX2),
                 self.products.firm_ids,
                 self.products.shares,
+                getattr(self, "price_terms", None),
             )
         return self._fitted
 

@@ -27,12 +27,13 @@ from .._model.logit import logit_delta
 from .._model.params import ParameterSpec, build_parameters
 from .._supply.bertrand import build_supply_setup
 from .data import Specification, build_agents, build_products
+from .formulas import expand, is_formula, padded_terms
 from .micro_data import MicroMoment, build_micro, market_views
 from .objective import Objective
 from .results import Results
 from .starts import MultiStart, run_starts
 from .summary import format_problem
-from .supply_data import build_supply_arrays, endogenous_columns, price_derivative_arrays
+from .supply_data import build_supply_arrays, endogenous_columns, price_derivative_arrays, warn_price_functions
 
 
 class _Prepared(NamedTuple):
@@ -104,6 +105,15 @@ class Problem:
         market_batch_size: int | None = None,
     ):
         check_x64()
+        arguments = {"linear": linear, "nonlinear": nonlinear, "costs": costs, "absorb": absorb}
+        arguments.update(demographics=demographics)
+        self.formulas = {k: v for k, v in arguments.items() if is_formula(v)}
+        self.expanded = expand(product_data, agent_data, *arguments.values(), price_derivatives)
+        if self.expanded is not None:  # formulas evaluated: their columns added to the data, by name
+            e = self.expanded
+            product_data, agent_data, price_derivatives = e.product_data, e.agent_data, e.price_derivatives
+            linear, nonlinear, costs, absorb, demographics = e.linear, e.nonlinear, e.costs, e.absorb, e.demographics
+            endogenous = e.with_endogenous(endogenous)
         for name, v in (
             ("linear", linear),
             ("nonlinear", nonlinear),
@@ -121,16 +131,23 @@ class Problem:
         self.products, self.index = build_products(
             product_data, self.linear, self.nonlinear, self.absorb, self.endogenous
         )
+        if "linear" not in self.formulas:
+            warn_price_functions(product_data, self.linear, self.endogenous)
         self.agents = build_agents(agent_data, self.index, len(self.nonlinear), self.demographics, integration)
         self.costs, self.costs_type = tuple(costs), costs_type
         # how prices move X1 and X2 (post-estimation and counterfactuals; the supply side's markups)
         dX1, dX2 = price_derivative_arrays(product_data, self.index, price_derivatives)
         self.price_derivatives = (self.index.padded(dX1), self.index.padded(dX2))
+        # formulas of prices (X1, X2) and of shares (X3), re-evaluated by counterfactuals
+        self.price_terms, self.cost_terms = padded_terms(self.expanded, self.index, costs_type)
         self.has_firm_ids = "firm_ids" in product_data.columns
         self.firm_labels = product_data["firm_ids"].to_numpy() if self.has_firm_ids else None
         supply = None
         if self.costs:
-            arrays = build_supply_arrays(product_data, self.index, self.costs, costs_type, price_derivatives)
+            share_columns = () if self.cost_terms is None else self.cost_terms.names
+            arrays = build_supply_arrays(
+                product_data, self.index, self.costs, costs_type, price_derivatives, share_columns
+            )
             self.zs_names = arrays["zs_names"]
             supply = build_supply_setup(self.products, arrays, costs_type)
         self.setup = Setup.build(self.products, self.agents, supply)

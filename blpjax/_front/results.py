@@ -55,6 +55,8 @@ class Results(Counterfactuals):
         self.setup = problem.setup if setup is None else setup
         self.micro, self.micro_labels = micro, micro_labels
         self.price_derivatives, self.has_firm_ids = problem.price_derivatives, problem.has_firm_ids
+        self.price_terms = problem.price_terms
+        self.cost_terms = problem.cost_terms
         self.firm_labels = problem.firm_labels
         self.starts = None  # a StartsReport when solve(..., starts=...) ran many starting points
         self._fitted = None  # the fitted model as a JAX value (post-estimation), built on first use

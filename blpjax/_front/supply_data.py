@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
-from .._base.errors import BLPDataError, BLPSpecificationError
+from .._base.errors import BLPDataError, BLPDataWarning, BLPSpecificationError
 from .._supply.bertrand import COSTS_TYPES
 from .data import CONSTANT, ENDOGENOUS, ProductIndex, _columns_by_prefix, _numeric, _rank_check, _require
 
@@ -16,10 +18,12 @@ def build_supply_arrays(
     x3: tuple[str, ...],
     costs_type: str,
     price_derivatives: dict | None,
+    share_columns: tuple[str, ...] = (),
 ) -> dict[str, np.ndarray]:
     """Validate the supply side and build its padded arrays: X3, Z_S and ∂X2/∂p.
 
-    Z_S holds the X3 columns (exogenous cost shifters) followed by ``supply_instruments0``, ...
+    Z_S holds the X3 columns (exogenous cost shifters) followed by ``supply_instruments0``, ...; X3 columns that
+    depend on shares (``share_columns``, and a column named ``shares``) are endogenous and left out, as in PyBLP.
     ``price_derivatives`` maps X1/X2 column names to ∂column/∂price: a number or the name of a
     column (for an interaction such as prices × sugar, the column ``sugar``). ``prices`` itself
     has derivative 1 unless overridden; every other column 0.
@@ -53,14 +57,22 @@ def build_supply_arrays(
     X3 = np.column_stack([np.ones(len(df)) if c == CONSTANT else _numeric(df, c, frame) for c in x3])
     excluded = _columns_by_prefix(df, "supply_instruments")
     Zx = np.column_stack([_numeric(df, c, frame) for c in excluded]) if excluded else np.zeros((len(df), 0))
-    ZS = np.column_stack([X3, Zx])
+    exogenous = [k for k, c in enumerate(x3) if c not in share_columns and c != "shares"]
+    ZS = np.column_stack([X3[:, exogenous], Zx])
+    zs_names = tuple(x3[k] for k in exogenous) + tuple(excluded)
+    if ZS.shape[1] < X3.shape[1]:
+        raise BLPDataError(
+            f"too few supply instruments: X3 has {X3.shape[1]} column(s), {X3.shape[1] - len(exogenous)} of them "
+            f"depending on shares (endogenous), but only {ZS.shape[1]} instrument(s) {list(zs_names)}. Add "
+            "supply_instruments0, ... columns."
+        )
     _rank_check(X3, list(x3), "cost characteristics in X3", ". Drop one of them")
-    _rank_check(ZS, list(x3) + excluded, "supply instruments", ". Drop the redundant instrument")
+    _rank_check(ZS, list(zs_names), "supply instruments", ". Drop the redundant instrument")
     return {
         "X3": index.padded(X3),
         "ZS": index.padded(ZS),
         "dX2": index.padded(dX2),
-        "zs_names": tuple(x3) + tuple(excluded),
+        "zs_names": zs_names,
     }
 
 
@@ -87,6 +99,8 @@ def price_derivative_arrays(
 
     def derivative(name):
         d = derivs.get(name, 0.0)
+        if isinstance(d, np.ndarray):  # per row, from a formula (autodiff)
+            return np.asarray(d, np.float64)
         if isinstance(d, str):
             _require(df, [d], frame)
             return _numeric(df, d, frame)
@@ -110,6 +124,61 @@ def endogenous_columns(linear: tuple[str, ...], price_derivatives: dict | None, 
         )
     moving = []
     for name, d in (price_derivatives or {}).items():
-        if isinstance(d, str) or (isinstance(d, int | float) and not isinstance(d, bool) and d != 0):
+        if isinstance(d, np.ndarray):
+            if np.any(d != 0):
+                moving.append(name)
+        elif isinstance(d, str) or (isinstance(d, int | float) and not isinstance(d, bool) and d != 0):
             moving.append(name)
     return tuple(dict.fromkeys((*ENDOGENOUS, *moving, *declared)))
+
+
+def warn_price_functions(product_data: pd.DataFrame, linear: tuple[str, ...], endogenous: tuple[str, ...]) -> None:
+    """Warn about an exogenous X1 column that is an exact function of prices in the data (a pre-built prices², log
+    prices, 1/prices or prices × another column): it would instrument itself and be held fixed when prices move."""
+    if "prices" not in product_data.columns:
+        return
+    df = product_data.reset_index(drop=True)
+    p = pd.to_numeric(df["prices"], errors="coerce").to_numpy(np.float64)
+    if not np.all(np.isfinite(p)) or np.unique(p).size < 5:
+        return
+    others = {
+        c: pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64)
+        for c in df.columns
+        if c != "prices"
+        and pd.api.types.is_numeric_dtype(df[c])
+        and not str(c).startswith(("demand_instr", "supply_instr"))
+    }
+    bases = {"a polynomial in prices": np.column_stack([np.ones_like(p), p, p**2, p**3])}
+    if np.all(p > 0):
+        bases["log(prices)"] = np.column_stack([np.ones_like(p), np.log(p)])
+    if np.all(p != 0):
+        bases["1/prices"] = np.column_stack([np.ones_like(p), 1 / p])
+    for column in linear:
+        if column in (*endogenous, CONSTANT) or column not in others:
+            continue
+        x = others[column]
+        if not np.all(np.isfinite(x)) or np.ptp(x) == 0:
+            continue
+        scale = np.linalg.norm(x - x.mean())
+        found = None
+        for what, B in bases.items():
+            residual = x - B @ np.linalg.lstsq(B, x, rcond=None)[0]
+            if np.linalg.norm(residual) <= 1e-9 * scale:
+                found = what
+                break
+        if found is None and np.all(p != 0):
+            ratio = x / p
+            for name, v in others.items():
+                if name != column and np.ptp(v) > 0 and np.allclose(ratio, v, rtol=1e-10, atol=0):
+                    found = f"prices × {name}"
+                    break
+        if found:
+            warnings.warn(
+                f"the linear characteristic '{column}' is exactly {found} in product_data, yet it is treated as "
+                "exogenous (its own instrument) and held fixed when prices change (elasticities, markups, "
+                "counterfactuals). State it in a formula instead, e.g. linear='1 + prices + I(prices**2)' or "
+                "'prices:sugar', so that it is endogenous and moves with prices; or declare it with endogenous= and "
+                "its price derivative with price_derivatives=.",
+                BLPDataWarning,
+                stacklevel=3,
+            )

@@ -41,6 +41,16 @@ def ownership_from_firms(firm_ids: Int[Array, "T J"], mask: Bool[Array, "T J"], 
     return jnp.where(both, jnp.asarray(kappa)[firm_ids[:, :, None], firm_ids[:, None, :]], 0.0)
 
 
+class CostTerms(eqx.Module):
+    """X3 stated by a formula that reads shares, batched over T markets: what :meth:`Fitted.compute_prices` needs
+    to re-evaluate costs at new shares (PyBLP's ``constant_costs=False``)."""
+
+    inputs: Float[Array, "T J C"]
+    terms: object = eqx.field(static=True)
+    log: bool = eqx.field(static=True)
+    names: tuple = eqx.field(static=True)  # the X3 columns that read shares
+
+
 class Fitted(eqx.Module):
     """An estimated demand model (and its cost side) as a pure JAX value, batched over T markets.
 
@@ -65,9 +75,27 @@ class Fitted(eqx.Module):
     spec: ParameterSpec = eqx.field(static=True)
 
     @classmethod
-    def build(cls, spec, theta_vector, beta, gamma, delta, market: Market, prices, dX1, dX2, firm_ids, shares):
+    def build(
+        cls, spec, theta_vector, beta, gamma, delta, market: Market, prices, dX1, dX2, firm_ids, shares, terms=None
+    ):
+        """``terms``: (X1 Terms, X2 Terms, inputs (T, J, C)) when characteristics are formulas of prices."""
         theta = spec.unpack(theta_vector)
-        demand = eq.PriceDemand(market, delta, prices, jnp.einsum("tjk,k->tj", dX1, beta), dX2)
+        d_delta = jnp.einsum("tjk,k->tj", dX1, beta)
+        if terms is None:
+            demand = eq.PriceDemand(market, delta, prices, d_delta, dX2)
+        else:
+            x1_terms, x2_terms, inputs = terms
+            T = prices.shape[0]
+            demand = eq.PriceDemand(
+                market,
+                delta,
+                prices,
+                d_delta,
+                dX2,
+                inputs,
+                jnp.broadcast_to(beta, (T, *beta.shape)),
+                (x1_terms, x2_terms),
+            )
         return cls(theta, beta, gamma, demand, dX1, firm_ids, shares, spec)
 
     # --- the parameter vector (θ free, β, γ), in Results.labels' order ------------------------
@@ -104,7 +132,9 @@ class Fitted(eqx.Module):
         theta = self.spec.unpack(x[:P])
         beta, gamma = x[P : P + K1], x[P + K1 :]
         d = self.demand
-        demand = eq.PriceDemand(d.market, delta, d.prices, jnp.einsum("tjk,k->tj", self.dX1, beta), d.dX2)
+        betas = None if d.beta is None else jnp.broadcast_to(beta, d.beta.shape)
+        d_delta = jnp.einsum("tjk,k->tj", self.dX1, beta)
+        demand = eq.PriceDemand(d.market, delta, d.prices, d_delta, d.dX2, d.inputs, betas, d.terms)
         return Fitted(theta, beta, gamma, demand, self.dX1, self.firm_ids, self.shares, self.spec)
 
     # --- batched per-market pieces ------------------------------------------------------------
@@ -179,12 +209,17 @@ class Fitted(eqx.Module):
         c = self.compute_costs() if costs is None else costs
         return jnp.where(self.mask, (p - c) / jnp.where(self.mask, p, 1.0), 0.0)
 
-    def compute_prices(self, ownership=None, costs=None, prices=None, iteration=None) -> FixedPoint:
+    def compute_prices(self, ownership=None, costs=None, prices=None, iteration=None, share_costs=None) -> FixedPoint:
         """Bertrand–Nash prices under ``ownership`` and ``costs`` (defaults: the data's and the recovered
         costs), from starting ``prices`` (observed). Returns a batched :class:`FixedPoint` (prices,
-        evaluations and status per market); the prices are differentiable by the implicit function theorem."""
+        evaluations and status per market); the prices are differentiable by the implicit function theorem.
+        ``share_costs`` (a :class:`CostTerms`): costs move with shares, c(s) = c + (X3(s) − X3(s⁰))γ."""
         O = self.ownership() if ownership is None else ownership
         c = self.compute_costs() if costs is None else costs
+        if share_costs is not None:
+            T = c.shape[0]
+            gamma = jnp.broadcast_to(self.gamma, (T, *self.gamma.shape))
+            c = eq.ShareCosts(c, gamma, share_costs.inputs, share_costs.terms, share_costs.log)
         p0 = self.prices if prices is None else prices
         config = DEFAULT_ITERATION if iteration is None else iteration
         return jax.vmap(eq.equilibrium_prices, in_axes=(0, None, 0, 0, 0, None))(

@@ -43,8 +43,13 @@ class PriceDemand(eqx.Module):
     market: Market
     delta: Float[Array, " J"]  # estimated mean utilities at the observed prices
     prices: Float[Array, " J"]  # the observed prices p⁰
-    d_delta: Float[Array, " J"]  # ∂δ_j/∂p_j = Σ_k β_k ∂X1_jk/∂p_j
-    dX2: Float[Array, "J K2"]  # ∂X2_jk/∂p_j
+    d_delta: Float[Array, " J"]  # ∂δ_j/∂p_j = Σ_k β_k ∂X1_jk/∂p_j at the observed prices
+    dX2: Float[Array, "J K2"]  # ∂X2_jk/∂p_j at the observed prices
+    # characteristics stated by formulas: X1 and X2 as functions of the data's columns (prices among them), which
+    # replace the linear update above (e.g. prices² at other prices); None without formulas
+    inputs: Float[Array, "J C"] | None = None
+    beta: Float[Array, " K1"] | None = None
+    terms: tuple | None = eqx.field(static=True, default=None)
 
     @property
     def mask(self) -> Bool[Array, " J"]:
@@ -76,6 +81,29 @@ class Ownership(eqx.Module):
         return ((X @ self.members) @ self.kappa.T) @ self.members.T
 
 
+class ShareCosts(eqx.Module):
+    """One market's marginal costs when cost characteristics depend on shares (PyBLP's ``constant_costs=False``;
+    a leading T axis when batched): c(s) = c⁰ + (X3(s) − X3(s⁰))γ, or c⁰ exp((X3(s) − X3(s⁰))γ) with log costs,
+    X3 re-evaluated from its formula at the shares s of the current prices."""
+
+    base: Float[Array, " J"]  # c⁰, the costs at the data's shares s⁰
+    gamma: Float[Array, " K3"]
+    inputs: Float[Array, "J C"]  # the X3 formula's inputs at the data (shares among them)
+    terms: object = eqx.field(static=True)
+    log: bool = eqx.field(static=True, default=False)
+
+    def at(self, s: Float[Array, " J"], mask: Bool[Array, " J"]) -> Float[Array, " J"]:
+        observed = self.inputs[:, self.terms.inputs.index("shares")]
+        new = self.terms.with_input(self.inputs, "shares", jnp.where(mask, s, observed))
+        change = jnp.where(mask, (self.terms(new) - self.terms(self.inputs)) @ self.gamma, 0.0)
+        return self.base * jnp.exp(change) if self.log else self.base + change
+
+
+def cost_values(costs, s, mask) -> Float[Array, " J"]:
+    """Marginal costs at shares ``s``: ``costs`` itself, or a :class:`ShareCosts` re-evaluated."""
+    return costs.at(s, mask) if isinstance(costs, ShareCosts) else costs
+
+
 def _t(a):
     return jnp.swapaxes(a, -1, -2)
 
@@ -89,11 +117,23 @@ def _rho(theta: Theta):
     return theta.rho if theta.nested else None
 
 
+def _inputs_at(p, d: PriceDemand):
+    """The formula inputs with prices ``p`` (observed prices on padding)."""
+    x1_terms = d.terms[0]
+    return x1_terms.with_input(d.inputs, "prices", jnp.where(d.mask, p, d.prices))
+
+
 def utilities(p, theta: Theta, d: PriceDemand, delta=None):
     """(δ(p), μ(p)) at prices ``p`` (ξ held fixed)."""
     m = d.market
-    dp = jnp.where(m.mask, p - d.prices, 0.0)
     base = d.delta if delta is None else delta
+    if d.terms is not None:  # δ(p) = δ + (X1(p) − X1(p⁰))β, X2(p), each column re-evaluated
+        x1_terms, x2_terms = d.terms
+        new = _inputs_at(p, d)
+        shift = (x1_terms(new) - x1_terms(d.inputs)) @ d.beta
+        X2 = jnp.where(m.mask[:, None], x2_terms(new), m.X2)
+        return base + jnp.where(m.mask, shift, 0.0), mu(X2, theta.sigma, theta.pi, m.nodes, m.demographics)
+    dp = jnp.where(m.mask, p - d.prices, 0.0)
     X2 = m.X2 + d.dX2 * dp[:, None]
     return base + d.d_delta * dp, mu(X2, theta.sigma, theta.pi, m.nodes, m.demographics)
 
@@ -111,10 +151,16 @@ def shares_at(p, theta: Theta, d: PriceDemand) -> Float[Array, " J"]:
     return jnp.where(d.mask, s, 0.0)
 
 
-def alpha(theta: Theta, d: PriceDemand) -> Float[Array, "I J"]:
-    """α_ij = ∂u_ij/∂p_j (0 on padded products)."""
+def alpha(theta: Theta, d: PriceDemand, p=None) -> Float[Array, "I J"]:
+    """α_ij = ∂u_ij/∂p_j at prices ``p`` (observed by default; 0 on padded products)."""
     m = d.market
-    a = d.d_delta[None, :] + random_coefficients(theta.sigma, theta.pi, m.nodes, m.demographics) @ d.dX2.T
+    d_delta, dX2 = d.d_delta, d.dX2
+    if d.terms is not None:  # formula columns: their derivatives at p by autodiff
+        x1_terms, x2_terms = d.terms
+        new = _inputs_at(d.prices if p is None else p, d)
+        d_delta = x1_terms.derivative(new, "prices") @ d.beta
+        dX2 = x2_terms.derivative(new, "prices")
+    a = d_delta[None, :] + random_coefficients(theta.sigma, theta.pi, m.nodes, m.demographics) @ dX2.T
     return jnp.where(d.mask[None, :], a, 0.0)
 
 
@@ -130,13 +176,13 @@ def demand_derivatives(p, theta: Theta, d: PriceDemand):
     log_p, _ = log_probabilities_at(p, theta, d)
     P = jnp.exp(jnp.where(mask[None, :], log_p, -jnp.inf))
     wP = d.market.weights[:, None] * P
-    wPa = wP * alpha(theta, d)
+    wPa = wP * alpha(theta, d, p)
     lam = jnp.sum(wPa, axis=0)
     if theta.nested:
         lam = lam / (1.0 - theta.rho[d.market.nest_ids])
         jac = jax.jacfwd(shares_at)(p, theta, d)
     else:  # ∂s_j/∂p_k = Σ_i w_i P_ij (1{j=k} − P_ik) α_ik
-        jac = jnp.diag(lam) - wP.T @ (P * alpha(theta, d))
+        jac = jnp.diag(lam) - wP.T @ (P * alpha(theta, d, p))
     s = jnp.where(mask, jnp.sum(wP, axis=0), 0.0)
     return s, jnp.where(mask, lam, 1.0), jnp.where(_both(mask), jac, 0.0)
 
@@ -162,24 +208,27 @@ def markups(p, theta: Theta, d: PriceDemand, ownership) -> Float[Array, " J"]:
 
 
 def _margin_terms(p, costs, theta: Theta, d: PriceDemand, ownership: Ownership):
-    """(s, Λ, v) at prices ``p`` with v = (O ⊙ Γᵀ)(p − c).
+    """(s, Λ, v, c) at prices ``p`` with v = (O ⊙ Γᵀ)(p − c) and c the costs (at the shares s when they depend
+    on shares).
 
     Without nesting Γ_kj = Σ_i w_i P_ik P_ij α_ij, so v_j = Σ_i w_i P_ij α_ij [(P ⊙ m) Oᵀ]_ij (m = p − c): two
     I × J products through the owners instead of the I × J × J matrix Γ. Nested models form Γ by autodiff.
     """
     mask = d.mask
-    margin = jnp.where(mask, p - costs, 0.0)
     if theta.nested:
         s, lam, jac = demand_derivatives(p, theta, d)
+        c = cost_values(costs, s, mask)
         gamma = jnp.where(_both(mask), jnp.diag(lam) - jac, 0.0)
-        return s, lam, (ownership.dense() * gamma.T) @ margin
+        return s, lam, (ownership.dense() * gamma.T) @ jnp.where(mask, p - c, 0.0), c
     log_p, _ = log_probabilities_at(p, theta, d)
     P = jnp.exp(jnp.where(mask[None, :], log_p, -jnp.inf))
     wP = d.market.weights[:, None] * P
-    wPa = wP * alpha(theta, d)
-    v = jnp.sum(wPa * ownership.times_transpose(P * margin[None, :]), axis=0)
     s = jnp.where(mask, jnp.sum(wP, axis=0), 0.0)
-    return s, jnp.where(mask, jnp.sum(wPa, axis=0), 1.0), jnp.where(mask, v, 0.0)
+    c = cost_values(costs, s, mask)
+    margin = jnp.where(mask, p - c, 0.0)
+    wPa = wP * alpha(theta, d, p)
+    v = jnp.sum(wPa * ownership.times_transpose(P * margin[None, :]), axis=0)
+    return s, jnp.where(mask, jnp.sum(wPa, axis=0), 1.0), jnp.where(mask, v, 0.0), c
 
 
 def first_order_conditions(p, costs, theta: Theta, d: PriceDemand, ownership) -> Float[Array, " J"]:
@@ -187,8 +236,8 @@ def first_order_conditions(p, costs, theta: Theta, d: PriceDemand, ownership) ->
     padding (so ∂F/∂p is I there)."""
     mask = d.mask
     own = as_ownership(ownership)
-    s, lam, v = _margin_terms(p, costs, theta, d, own)
-    F = s + own.diagonal() * lam * (p - costs) - v
+    s, lam, v, c = _margin_terms(p, costs, theta, d, own)
+    F = s + own.diagonal() * lam * (p - c) - v
     return jnp.where(mask, F, p - d.prices)
 
 
@@ -199,11 +248,11 @@ def zeta_step(costs, theta: Theta, d: PriceDemand, ownership):
     own = as_ownership(ownership)
 
     def g(p):
-        s, lam, v = _margin_terms(p, costs, theta, d, own)
+        s, lam, v, c = _margin_terms(p, costs, theta, d, own)
         # bound |Λ| away from zero as PyBLP does (a share that underflows)
         lam = jnp.where(jnp.abs(lam) > 1e-300, lam, 1e-300)
         zeta = (v - s) / lam
-        return jnp.where(mask, costs + zeta, p), jnp.where(mask, jnp.abs(lam), 0.0)
+        return jnp.where(mask, c + zeta, p), jnp.where(mask, jnp.abs(lam), 0.0)
 
     return g
 
@@ -323,7 +372,7 @@ def consumer_surplus(p, theta: Theta, d: PriceDemand, available=None) -> Float[A
     utility linearly through one coefficient), which the caller checks.
     """
     _, lse = log_probabilities_at(p, theta, d, available)
-    a = alpha(theta, d)
+    a = alpha(theta, d, p)
     first = jnp.argmax(d.mask)
     return lse / -a[:, first]
 
@@ -331,6 +380,8 @@ def consumer_surplus(p, theta: Theta, d: PriceDemand, available=None) -> Float[A
 __all__ = [
     "Ownership",
     "PriceDemand",
+    "ShareCosts",
+    "cost_values",
     "as_ownership",
     "alpha",
     "consumer_surplus",
