@@ -3,7 +3,8 @@
 Models: ``demand`` (random coefficients and a demographic), ``supply`` (+ a Bertrand–Nash supply
 side with log costs; the mean price coefficient is Π on a demographic column of ones), ``micro``
 (+ a first-choice survey of part of the markets and a second-choice survey), ``both`` (supply and
-micro) and ``nested`` (RCNL). Markets have 2–8 products and 12 or 24 agents, so buckets differ.
+micro), ``nested`` (RCNL) and ``formulas`` (formulas, prices × x in X1, a log-normal coefficient on −prices and a
+supply side with costs formulas). Markets have 2–8 products and 12 or 24 agents, so buckets differ.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 import blpjax
 
-MODELS = ("demand", "supply", "micro", "both", "nested")
+MODELS = ("demand", "supply", "micro", "both", "nested", "formulas")
 
 SIGMA = np.diag([0.8, 0.3])
 
@@ -78,6 +79,14 @@ def problem(model: str, seed: int = 3, T: int = 12, fixed: bool = False, **layou
         start = dict(sigma=SIGMA, pi=[[0.0], [0.3]])
     if model == "nested":
         start["rho"] = 0.3
+    if model == "formulas":
+        kw = dict(
+            linear="1 + x + prices:x",
+            nonlinear="1 + I(-prices)",
+            rc_types=("linear", "log"),
+            demographics="0 + income + one",
+        )
+        start = dict(sigma=SIGMA, pi=[[0.0, 0.0], [0.3, 0.5]])
     p = blpjax.Problem(products, agent_data=agents, **kw, **layout)
     micro = micro_moments(T) if model in ("micro", "both") else None
     return p, start, micro

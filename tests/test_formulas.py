@@ -171,3 +171,45 @@ def test_costs_that_depend_on_shares_match_pyblp():
         _close(p_ours, p_theirs, f"merger prices, constant_costs={constant}")
         moved[constant] = p_ours.to_numpy()
     assert np.abs(moved[True] - moved[False]).max() > 1e-4  # costs moving with shares change the equilibrium
+
+
+def test_log_normal_price_coefficient_matches_pyblp():
+    """rc_types 'log' on I(-prices), its mean a Π entry on a column of ones (PyBLP's way): objective, gradient,
+    β and SEs, elasticities, costs and merger prices at the same parameters."""
+    pyblp, products, agents = nevo_data(12)
+    agents["one"] = 1.0
+    linear, nonlinear, rc_types = "1 + sugar + mushy", "1 + I(-prices)", ("linear", "log")
+    theirs = pyblp.Problem(
+        (pyblp.Formulation(linear), pyblp.Formulation(nonlinear)),
+        products,
+        pyblp.Formulation("0 + one + income"),
+        agents,
+        rc_types=list(rc_types),
+    )
+    ours = blpjax.Problem(
+        products, linear=linear, nonlinear=nonlinear, agent_data=agents, demographics="0 + one + income",
+        rc_types=rc_types,
+    )
+    assert ours.nonlinear == ("1", "-prices") and "-prices" not in ours.index.z_names
+    sigma = np.diag([0.3, 0.4])
+    pi = np.array([[0.0, 0.5], [2.5, 0.1]])  # mean log price sensitivity 2.5: E[α] ≈ −exp(2.5)
+    fixed = theirs.solve(sigma, pi, method="1s", optimization=pyblp.Optimization("return"))
+    results = ours.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
+    _close(results.objective, fixed.objective, "objective")
+    _close(results.gradient, fixed.gradient, "gradient", rtol=1e-6, atol=1e-8)
+    _close(results.beta, fixed.beta, "beta")
+    _close(results.beta_se, fixed.beta_se, "beta SE", rtol=1e-6)
+    _close(results.compute_elasticities(layout="stacked"), fixed.compute_elasticities(), "elasticities", atol=1e-10)
+    _close(results.compute_costs(), fixed.compute_costs(), "costs")
+    merged = products.firm_ids.replace(2, 1)
+    p_theirs = fixed.compute_prices(
+        firm_ids=merged.to_numpy()[:, None], iteration=pyblp.Iteration("simple", {"atol": 1e-14})
+    )
+    p_ours = results.compute_prices(firm_ids=merged, iteration=blpjax.ContractionConfig(method="simple", tol=1e-14))
+    _close(p_ours, p_theirs, "merger prices")
+    cs = results.compute_consumer_surpluses()  # one price coefficient per agent: the log-sum formula holds
+    np.testing.assert_allclose(
+        cs.reindex(fixed.problem.unique_market_ids.ravel()).to_numpy(),
+        fixed.compute_consumer_surpluses().ravel(),
+        rtol=RTOL,
+    )

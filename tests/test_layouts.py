@@ -30,7 +30,7 @@ LAYOUTS = {
     "market_batch_size=3": dict(market_batch_size=3),
     "both": dict(buckets=2, market_batch_size=3),
 }
-FAST = {("demand", "both"), ("both", "both"), ("nested", "both"), ("both", "market_batch_size=3")}
+FAST = {("demand", "both"), ("both", "both"), ("nested", "both"), ("formulas", "both"), ("both", "market_batch_size=3")}
 #: every model on buckets and chunks together, and the model with everything on each alone (a model-specific bug
 #: on one layout shows on the combined one too); BLPJAX_TEST_FULL_GRID=1 runs every model on every layout (2.5 minutes
 #: more on 2 cores, over the suite's budget)

@@ -24,7 +24,7 @@ from .._layouts.scaleout import ScaleOut, make_layout
 from .._micro.core import MicroSetup
 from .._model.integration import Integration
 from .._model.logit import logit_delta
-from .._model.params import ParameterSpec, build_parameters
+from .._model.params import ParameterSpec, build_parameters, check_rc_types
 from .._supply.bertrand import build_supply_setup
 from .data import Specification, build_agents, build_products
 from .formulas import expand, is_formula, padded_terms
@@ -57,7 +57,10 @@ class Problem:
             ``demand_instruments0``..., characteristics; optional ``product_ids``, ``firm_ids``,
             ``nesting_ids`` (makes the model nested), ``clustering_ids``).
         linear: columns of X1 (mean utility); ``"1"`` is the constant. ``prices`` is endogenous,
-            every other X1 column is its own instrument.
+            every other X1 column is its own instrument. Every specification argument (``linear``,
+            ``nonlinear``, ``costs``, ``absorb``, ``demographics``) also takes a formula string as PyBLP's
+            ``Formulation`` (``"1 + prices + I(prices**2) + C(brand)"``): terms that involve prices are
+            endogenous and differentiated by autodiff (README "Formulas").
         nonlinear: columns of X2 (random coefficients / demographic interactions).
         absorb: columns whose fixed effects are absorbed (e.g. ``("market_ids", "product_ids")``).
         agent_data: ``market_ids``, ``weights``, ``nodes0``.. and demographics.
@@ -72,6 +75,8 @@ class Problem:
             column name for interactions), e.g. ``{"neg_prices": -1}`` for a column of −prices. Used by
             the supply side and by every price counterfactual (costs, markups, equilibrium prices). An X1
             column with a non-zero price derivative is endogenous: it is never its own instrument.
+        rc_types: per X2 column, ``"linear"`` (default), ``"log"`` (the coefficient Σν_i + Πd_i is exponentiated:
+            log-normal; its mean is a Π entry on a demographic column of ones) or ``"logit"``, as PyBLP's.
         endogenous: other X1 columns that are endogenous (not their own instruments; each needs an excluded
             instrument), e.g. a quality measure correlated with ξ. ``prices`` always is.
         devices: spread markets over devices: ``None`` (default device), an int n (the first n of
@@ -100,6 +105,7 @@ class Problem:
         costs_type: str = "linear",
         price_derivatives: dict | None = None,
         endogenous: Sequence[str] = (),
+        rc_types: Sequence[str] | None = None,
         devices=None,
         buckets: int | str | None = None,
         market_batch_size: int | None = None,
@@ -133,6 +139,7 @@ class Problem:
         )
         if "linear" not in self.formulas:
             warn_price_functions(product_data, self.linear, self.endogenous)
+        self.rc_types = check_rc_types(rc_types, self.nonlinear)
         self.agents = build_agents(agent_data, self.index, len(self.nonlinear), self.demographics, integration)
         self.costs, self.costs_type = tuple(costs), costs_type
         # how prices move X1 and X2 (post-estimation and counterfactuals; the supply side's markups)
@@ -224,6 +231,7 @@ class Problem:
             rho_bounds,
             self.rho_by_nest,
             list(self.index.nest_labels),
+            self.rc_types,
         )
 
     @property

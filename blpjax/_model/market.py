@@ -19,6 +19,7 @@ class Theta(eqx.Module):
     sigma: Float[Array, "K2 K2"]
     pi: Float[Array, "K2 D"]
     rho: Float[Array, " H"]
+    rc_types: tuple = eqx.field(static=True, default=())  # per X2 column: "linear", "log" or "logit" (PyBLP's)
 
     @property
     def nested(self) -> bool:
@@ -38,7 +39,7 @@ class Market(eqx.Module):
 
 
 def market_mu(theta: Theta, market: Market) -> Float[Array, "I J"]:
-    return mu(market.X2, theta.sigma, theta.pi, market.nodes, market.demographics)
+    return mu(market.X2, theta.sigma, theta.pi, market.nodes, market.demographics, theta.rc_types)
 
 
 def market_log_shares(delta, theta: Theta, market: Market):

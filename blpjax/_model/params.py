@@ -31,6 +31,7 @@ class ParameterSpec:
     labels: tuple[str, ...]
     kinds: tuple[str, ...] = field(default=())
     n_nests: int = 0
+    rc_types: tuple[str, ...] = ()  # per X2 column (empty: all linear)
 
     def _key(self):
         """What compiled programs depend on: structure, fixed values and bounds, not starting values."""
@@ -45,6 +46,7 @@ class ParameterSpec:
             self.pi_free,
             self.rho_free,
             self.n_nests,
+            self.rc_types,
             sigma.shape,
             pi.shape,
             sigma.tobytes(),
@@ -113,7 +115,24 @@ class ParameterSpec:
         sigma, pi, rho = (xp.asarray(a, dtype=xp.float64) for a in (sigma, pi, rho))
         if self.n_nests and rho.shape[0] == 1:
             rho = xp.broadcast_to(rho, (self.n_nests,))
-        return Theta(jnp.asarray(sigma), jnp.asarray(pi), jnp.asarray(rho))
+        return Theta(jnp.asarray(sigma), jnp.asarray(pi), jnp.asarray(rho), self.rc_types)
+
+
+RC_TYPES = ("linear", "log", "logit")
+
+
+def check_rc_types(rc_types, x2_names) -> tuple[str, ...]:
+    """``rc_types`` validated: one of :data:`RC_TYPES` per X2 column (``None``: all linear, stored as ``()``)."""
+    if rc_types is None:
+        return ()
+    if isinstance(rc_types, str):
+        rc_types = (rc_types,)
+    rc_types = tuple(rc_types)
+    if len(rc_types) != len(x2_names) or any(t not in RC_TYPES for t in rc_types):
+        raise BLPSpecificationError(
+            f"rc_types must give one of {RC_TYPES} per nonlinear characteristic {list(x2_names)}; got {rc_types!r}."
+        )
+    return () if all(t == "linear" for t in rc_types) else rc_types
 
 
 def _as_matrix(name, value, shape):
@@ -141,9 +160,11 @@ def build_parameters(
     rho_bounds=None,
     rho_by_nest: bool = False,
     nest_labels=None,
+    rc_types=None,
 ) -> ParameterSpec:
     """Validate starting values and bounds and build the :class:`ParameterSpec`."""
     K2, D = len(x2_names), len(demographic_names)
+    rc_types = check_rc_types(rc_types, x2_names)
     if K2 == 0 and (sigma is not None and np.size(sigma) or pi is not None and np.size(pi)):
         raise BLPSpecificationError("sigma/pi were given but the model has no nonlinear (X2) characteristics.")
     sigma0 = _as_matrix("sigma", sigma, (K2, K2))
@@ -205,4 +226,5 @@ def build_parameters(
         tuple(labels),
         tuple(kinds),
         n_nests,
+        tuple(rc_types),
     )

@@ -33,7 +33,7 @@ def _shares_at(x_new, x_old, delta, theta: Theta, market: Market, ch: Characteri
     rho = theta.rho if theta.nested else None
     return shares(
         d,
-        mu(X2, theta.sigma, theta.pi, market.nodes, market.demographics),
+        mu(X2, theta.sigma, theta.pi, market.nodes, market.demographics, theta.rc_types),
         market.weights,
         market.mask,
         market.nest_ids,

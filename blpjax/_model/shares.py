@@ -27,9 +27,19 @@ def random_coefficients(
     pi: Float[Array, "K2 D"],
     nodes: Float[Array, "I K2"],
     demographics: Float[Array, "I D"],
+    rc_types: tuple[str, ...] = (),
 ) -> Float[Array, "I K2"]:
-    """Agent-specific deviations from mean tastes, Σν_i + Πd_i, one row per agent."""
-    return nodes @ sigma.T + demographics @ pi.T
+    """Agent-specific deviations from mean tastes, Σν_i + Πd_i, one row per agent; a column whose ``rc_types`` entry
+    is ``"log"`` is exponentiated (a log-normal coefficient: its mean is a Π entry on a constant demographic) and
+    ``"logit"`` passed through the logistic function, as PyBLP's ``rc_types``."""
+    coefficients = nodes @ sigma.T + demographics @ pi.T
+    if not any(t != "linear" for t in rc_types):
+        return coefficients
+    columns = [
+        jnp.exp(c) if t == "log" else jax.nn.sigmoid(c) if t == "logit" else c
+        for c, t in zip(coefficients.T, rc_types, strict=True)
+    ]
+    return jnp.stack(columns, axis=1)
 
 
 def mu(
@@ -38,9 +48,10 @@ def mu(
     pi: Float[Array, "K2 D"],
     nodes: Float[Array, "I K2"],
     demographics: Float[Array, "I D"],
+    rc_types: tuple[str, ...] = (),
 ) -> Float[Array, "I J"]:
-    """Agent-specific utility μ_ij = x_j'(Σν_i + Πd_i)."""
-    return random_coefficients(sigma, pi, nodes, demographics) @ X2.T
+    """Agent-specific utility μ_ij = x_j'(Σν_i + Πd_i) (each coefficient transformed as ``rc_types`` says)."""
+    return random_coefficients(sigma, pi, nodes, demographics, rc_types) @ X2.T
 
 
 def log_probabilities(

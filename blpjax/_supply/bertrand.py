@@ -93,7 +93,7 @@ def firm_membership(firm_ids, mask) -> Bool[Array, "T J F"]:
 
 def utility_price_derivatives(theta, nodes, demographics, supply: SupplyMarket) -> Float[Array, "I J"]:
     """∂u_ij/∂p_j = dX2_j·(Σν_i + Πd_i)."""
-    return random_coefficients(theta.sigma, theta.pi, nodes, demographics) @ supply.dX2.T
+    return random_coefficients(theta.sigma, theta.pi, nodes, demographics, theta.rc_types) @ supply.dX2.T
 
 
 def share_price_jacobian(delta, theta, market, supply: SupplyMarket) -> Float[Array, "J J"]:

@@ -132,10 +132,11 @@ def utilities(p, theta: Theta, d: PriceDemand, delta=None):
         new = _inputs_at(p, d)
         shift = (x1_terms(new) - x1_terms(d.inputs)) @ d.beta
         X2 = jnp.where(m.mask[:, None], x2_terms(new), m.X2)
-        return base + jnp.where(m.mask, shift, 0.0), mu(X2, theta.sigma, theta.pi, m.nodes, m.demographics)
+        rc = mu(X2, theta.sigma, theta.pi, m.nodes, m.demographics, theta.rc_types)
+        return base + jnp.where(m.mask, shift, 0.0), rc
     dp = jnp.where(m.mask, p - d.prices, 0.0)
     X2 = m.X2 + d.dX2 * dp[:, None]
-    return base + d.d_delta * dp, mu(X2, theta.sigma, theta.pi, m.nodes, m.demographics)
+    return base + d.d_delta * dp, mu(X2, theta.sigma, theta.pi, m.nodes, m.demographics, theta.rc_types)
 
 
 def log_probabilities_at(p, theta: Theta, d: PriceDemand, available=None) -> tuple[Array, Array]:
@@ -160,7 +161,7 @@ def alpha(theta: Theta, d: PriceDemand, p=None) -> Float[Array, "I J"]:
         new = _inputs_at(d.prices if p is None else p, d)
         d_delta = x1_terms.derivative(new, "prices") @ d.beta
         dX2 = x2_terms.derivative(new, "prices")
-    a = d_delta[None, :] + random_coefficients(theta.sigma, theta.pi, m.nodes, m.demographics) @ dX2.T
+    a = d_delta[None, :] + random_coefficients(theta.sigma, theta.pi, m.nodes, m.demographics, theta.rc_types) @ dX2.T
     return jnp.where(d.mask[None, :], a, 0.0)
 
 
