@@ -18,6 +18,11 @@ from ._base.errors import EstimationStatus as EstimationStatus
 from ._base.errors import Status as Status
 from ._estimation.optimize import OptaxOptimizer as OptaxOptimizer
 from ._estimation.optimize import ScipyOptimizer as ScipyOptimizer
+from ._front.builders import build_blp_instruments as build_blp_instruments
+from ._front.builders import build_differentiation_instruments as build_differentiation_instruments
+from ._front.builders import build_id_data as build_id_data
+from ._front.builders import build_matrix as build_matrix
+from ._front.builders import build_ownership as build_ownership
 from ._front.micro_data import MicroDataset as MicroDataset
 from ._front.micro_data import MicroMoment as MicroMoment
 from ._front.micro_data import MicroPart as MicroPart
@@ -89,4 +94,9 @@ __all__ = [
     "simulate",
     "solve_delta",
     "solve_delta_unrolled",
+    "build_blp_instruments",
+    "build_differentiation_instruments",
+    "build_id_data",
+    "build_matrix",
+    "build_ownership",
 ]

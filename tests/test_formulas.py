@@ -187,7 +187,11 @@ def test_log_normal_price_coefficient_matches_pyblp():
         rc_types=list(rc_types),
     )
     ours = blpjax.Problem(
-        products, linear=linear, nonlinear=nonlinear, agent_data=agents, demographics="0 + one + income",
+        products,
+        linear=linear,
+        nonlinear=nonlinear,
+        agent_data=agents,
+        demographics="0 + one + income",
         rc_types=rc_types,
     )
     assert ours.nonlinear == ("1", "-prices") and "-prices" not in ours.index.z_names
@@ -213,3 +217,17 @@ def test_log_normal_price_coefficient_matches_pyblp():
         fixed.compute_consumer_surpluses().ravel(),
         rtol=RTOL,
     )
+
+
+def test_absorbed_formulas_interacted_fixed_effects_match_pyblp():
+    """absorb='C(product_ids) + C(market_ids):C(firm_ids)': the intercept dropped, product and market × firm
+    fixed effects absorbed, β as PyBLP's (plain logit, 2SLS)."""
+    pyblp, products, _ = nevo_data(30)
+    products["quarter"] = products.market_ids.str[-2:]
+    absorb = "C(product_ids) + C(quarter):C(firm_ids)"
+    theirs = pyblp.Problem((pyblp.Formulation("prices + sugar:prices", absorb=absorb),), products).solve(method="1s")
+    ours = blpjax.Problem(products, linear="prices + sugar:prices", absorb=absorb)
+    assert ours.linear == ("prices", "prices*sugar") and ours.absorb == ("product_ids", "quarter:firm_ids")
+    results = ours.solve(method="1s")
+    _close(results.beta, theirs.beta, "beta")
+    _close(results.beta_se, theirs.beta_se, "beta SE", rtol=1e-6)

@@ -123,7 +123,7 @@ RC_TYPES = ("linear", "log", "logit")
 
 def check_rc_types(rc_types, x2_names) -> tuple[str, ...]:
     """``rc_types`` validated: one of :data:`RC_TYPES` per X2 column (``None``: all linear, stored as ``()``)."""
-    if rc_types is None:
+    if rc_types is None or (not isinstance(rc_types, str) and len(tuple(rc_types)) == 0):
         return ()
     if isinstance(rc_types, str):
         rc_types = (rc_types,)
