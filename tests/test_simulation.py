@@ -71,9 +71,9 @@ def _simulation(products, agents, xi, omega, **options):
     )
 
 
-def _close(ours, theirs):
+def _close(ours, theirs, what=""):
     theirs = np.asarray(theirs, np.float64).ravel()
-    np.testing.assert_allclose(np.asarray(ours, np.float64), theirs, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(ours, np.float64), theirs, rtol=1e-8, atol=1e-12, err_msg=what)
 
 
 @pytest.mark.parametrize("costs_type, nested", [("linear", False), ("log", False), ("linear", True)])
@@ -146,5 +146,53 @@ def test_simulation_refuses_bad_inputs():
         sim.replace_exogenous("x")
     data = products.assign(prices=1.0 + products["z"], shares=0.05)
     sim = blpjax.Simulation(data, ("1", "prices", "x"), ("prices", "x"), beta=BETA, **base)
-    with pytest.raises(blpjax.BLPSpecificationError, match="not in X2"):
+    with pytest.raises(blpjax.BLPSpecificationError, match="no X2 column reads"):
         sim.replace_exogenous("x")
+
+
+def test_formulas_and_costs_that_depend_on_shares_match_pyblp():
+    """Formulas in the Simulation: prices² in X1 re-evaluated at the simulated prices, and log(shares) in X3
+    re-evaluated at the simulated shares (constant_costs=False), against PyBLP's Simulation on the same data."""
+    pyblp = pytest.importorskip("pyblp")
+    pyblp.options.verbose = False
+    products, agents, xi, omega = _data()
+    products["shares"] = 0.05  # the shares at which costs are first evaluated (PyBLP needs them in the data)
+    linear, nonlinear, costs = "1 + prices + I(prices**2) + x", "0 + prices + x", "1 + z + log(shares)"
+    beta, gamma = [1.0, -2.0, -0.1, 1.0], [1.0, 0.5, 0.05]
+    theirs = pyblp.Simulation(
+        (pyblp.Formulation(linear), pyblp.Formulation(nonlinear), pyblp.Formulation(costs)),
+        products,
+        beta=beta,
+        sigma=SIGMA,
+        pi=PI,
+        gamma=gamma,
+        agent_formulation=pyblp.Formulation("0 + income"),
+        agent_data=agents,
+        xi=xi,
+        omega=omega,
+    )
+    sim = blpjax.Simulation(
+        products,
+        linear,
+        nonlinear,
+        costs,
+        beta=beta,
+        gamma=gamma,
+        sigma=SIGMA,
+        pi=PI,
+        agent_data=agents,
+        demographics="0 + income",
+        xi=xi,
+        omega=omega,
+    )
+    assert sim.linear_names == ("1", "prices", "prices**2", "x") and sim.cost_names == ("1", "z", "log(shares)")
+    tight = blpjax.ContractionConfig(method="simple", tol=1e-14)
+    for constant in (True, False):
+        expected = theirs.replace_endogenous(
+            iteration=pyblp.Iteration("simple", {"atol": 1e-14}), constant_costs=constant
+        )
+        ours = sim.replace_endogenous(iteration=tight, constant_costs=constant)
+        _close(ours.product_data["prices"], expected.product_data.prices, f"prices, constant_costs={constant}")
+        _close(ours.product_data["shares"], expected.product_data.shares, f"shares, constant_costs={constant}")
+        _close(ours.costs, expected.costs, f"costs, constant_costs={constant}")
+        _close(ours.delta, expected.delta, f"delta, constant_costs={constant}")

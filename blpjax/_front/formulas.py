@@ -294,7 +294,7 @@ def _absorb_columns(formula: str, data: pd.DataFrame) -> tuple[tuple[str, ...], 
     return tuple(names), pd.DataFrame(added, index=data.index)
 
 
-def _symbols_design(columns: tuple[str, ...]) -> Design:
+def symbols_design(columns: tuple[str, ...]) -> Design:
     """A column-name tuple as a design (each column itself; ``"1"`` the constant)."""
     import sympy
 
@@ -336,7 +336,7 @@ def expand(
         elif value is None or len(tuple(value)) == 0:
             designs[role] = None
         else:
-            designs[role] = _symbols_design(tuple(value))
+            designs[role] = symbols_design(tuple(value))
     formula_roles = [r for r in ("linear", "nonlinear", "costs") if is_formula(arguments[r])]
     moving = [r for r in formula_roles if any(designs[r].reads("prices"))]  # type: ignore[union-attr]
     if price_derivatives and moving:
@@ -413,3 +413,29 @@ def padded_terms(expanded: Expanded | None, index, costs_type: str):
         moving = tuple(n for n, r in zip(t.names, t.reads("shares"), strict=True) if r)
         cost_terms = CostTerms(inputs, t, costs_type == "log", moving)
     return price_terms, cost_terms
+
+
+def referenced_terms(formula: str) -> list:
+    """formulaic's terms of ``formula`` (intercept included), without reading any data."""
+    from formulaic import Formula
+
+    try:
+        return list(Formula(formula, _ordering="none"))
+    except Exception as e:
+        raise BLPSpecificationError(f"cannot parse the formula {formula!r}: {e}") from None
+
+
+def referenced_columns(formula: str, categorical: bool = True) -> set[str]:
+    """The data columns ``formula`` reads (inside functions, and in C() unless ``categorical=False``), without reading
+    any data."""
+    names: set[str] = set()
+    for term in referenced_terms(formula):
+        for factor in term.factors:
+            if factor.expr == "1":
+                continue
+            match = _CATEGORICAL.match(factor.expr)
+            if match:
+                names |= {match.group(1)} if categorical else set()
+            else:
+                names |= _factor_names(factor.expr, formula)
+    return names
