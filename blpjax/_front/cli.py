@@ -15,6 +15,7 @@ from .micro_data import MicroDataset, MicroMoment, MicroPart
 from .problem import Problem
 from .scores import results_at
 from .simulate import SimulationConfig, simulate
+from .simulation import Simulation
 
 
 def demo(
@@ -22,10 +23,13 @@ def demo(
 ) -> None:
     print(f"blpjax demo on {jax.devices()[0].platform.upper()} ({jax.devices()[0].device_kind}), float64\n")
     cfg = SimulationConfig(markets=markets, agents=agents, seed=seed)
-    product_data, agent_data, truth = simulate(cfg)
+    t0 = time.perf_counter()
+    product_data, agent_data, truth = equilibrium_design(cfg)
     print(
-        f"Simulated {markets} markets, {len(product_data)} products ({cfg.products[0]}-{cfg.products[1]} per market), "
-        f"{agents} agents per market; utility = 1 + x + prices + random coefficients on (1, prices) and prices × income.\n"
+        f"Simulated {markets} markets, {len(product_data)} products ({cfg.products[0]}-{cfg.products[1]} per market, 5 "
+        f"firms), {agents} agents per market; utility = 1 + x + prices + random coefficients on (1, prices) and "
+        f"prices × income; marginal costs 0.5 + w + ω; Bertrand–Nash prices and shares by blpjax.Simulation "
+        f"({time.perf_counter() - t0:.1f}s).\n"
     )
 
     print("1) Plain logit (IV-GMM, prices instrumented): biased, it ignores taste heterogeneity")
@@ -77,9 +81,45 @@ def demo(
     E = results.elasticity_matrix(0)
     print(
         f"\n   own-price elasticities in market 0: mean {np.diag(E.to_numpy()).mean():.3f}; "
-        f"consumer surplus per capita {results.compute_consumer_surplus().iloc[0]:.4f}\n"
+        f"consumer surplus per capita {results.compute_consumer_surplus().iloc[0]:.4f}"
+    )
+    t0 = time.perf_counter()
+    merged = product_data["firm_ids"].replace(1, 0)  # firm 1's products join firm 0
+    new_prices = results.compute_prices(firm_ids=merged)
+    change = 100 * (new_prices / product_data["prices"] - 1)
+    insiders = product_data["firm_ids"].isin([0, 1])
+    surplus = results.compute_consumer_surpluses(new_prices) - results.compute_consumer_surpluses()
+    print(
+        f"   merger of firms 0 and 1 (Bertrand–Nash prices in every market, costs from the first-order conditions): "
+        f"prices +{change[insiders].mean():.2f}% for the merging firms' products, +{change[~insiders].mean():.2f}% "
+        f"for rivals'; consumer surplus {surplus.mean():+.4f} per capita per market; "
+        f"{time.perf_counter() - t0:.2f}s\n"
     )
     _micro_steps(problem, cfg, survey_markets, buyers, draws)
+
+
+def equilibrium_design(cfg: SimulationConfig):
+    """The demo's markets: characteristics, agents, ξ and instruments from :func:`simulate`, then Bertrand–Nash prices
+    and shares at the true parameters by :class:`Simulation` (costs 0.5 + w + ω, w the cost shifter
+    ``demand_instruments0``, ω ~ N(0, 0.1²))."""
+    product_data, agent_data, truth = simulate(cfg)
+    omega = np.random.default_rng(cfg.seed + 7).normal(0, 0.1, len(product_data))
+    simulation = Simulation(
+        product_data.drop(columns=["prices", "shares"]),
+        linear=("1", "x", "prices"),
+        nonlinear=("1", "prices"),
+        costs=("1", "demand_instruments0"),
+        beta=list(cfg.beta),
+        sigma=np.diag(cfg.sigma),
+        pi=np.reshape(cfg.pi, (2, 1)),
+        gamma=[0.5, 1.0],
+        agent_data=agent_data,
+        demographics=("income",),
+        xi=truth["xi"],
+        omega=omega,
+    )
+    simulated = simulation.replace_endogenous()
+    return simulated.product_data, agent_data, truth
 
 
 def _micro_steps(problem: Problem, cfg: SimulationConfig, survey_markets: int, buyers: int, draws: int) -> None:
