@@ -1,7 +1,7 @@
 """Near-singular matrices: pseudo-inverses as PyBLP (``options.pseudo_inverses``), with a warning naming them.
 
 PyBLP's Nevo tutorial with a full Σ and product-rule integration (5 nodes per dimension) has a
-numerically singular G'WG at its estimate; inverting it as is gave a price-coefficient SE of 34 where
+numerically singular G'WG at its estimate (recorded below, evaluated by PyBLP in the test); inverting it as is gave a price-coefficient SE of 34 where
 PyBLP reports 4.4. At PyBLP's (one-step) estimate and its weighting matrix, blpjax's objective, estimates of
 β and standard errors must equal PyBLP's, and the singular matrix must be reported.
 """
@@ -17,6 +17,18 @@ pyblp = pytest.importorskip("pyblp")
 pyblp.options.verbose = False
 
 
+#: PyBLP's one-step estimate of Σ from Σ₀ = ones (BFGS, gtol 1e-5; 100 s to reproduce, so it is an input here):
+#: G'WG is numerically singular at it
+SIGMA = np.array(
+    [
+        [-8.7354171265063207e-01, 0.0, 0.0, 0.0],
+        [1.3306390148501663e01, 3.7982746768474107e00, 0.0, 0.0],
+        [-1.2526405521560033e-01, -4.8886484005983083e-02, 1.5185711064121726e-09, 0.0],
+        [3.9572798602177439e-01, -2.0064165796098851e-01, -3.0444660405809107e-08, 2.1726761692256522e-08],
+    ]
+)
+
+
 @pytest.mark.slow
 def test_nevo_full_sigma_product_rule_standard_errors_match_pyblp():
     products = pd.read_csv(pyblp.data.NEVO_PRODUCTS_LOCATION)
@@ -25,7 +37,7 @@ def test_nevo_full_sigma_product_rule_standard_errors_match_pyblp():
         pyblp.Formulation("1 + prices + sugar + mushy"),
     )
     theirs = pyblp.Problem(formulations, products, integration=pyblp.Integration("product", size=5)).solve(
-        sigma=np.ones((4, 4)), method="1s", optimization=pyblp.Optimization("bfgs", {"gtol": 1e-5})
+        sigma=SIGMA, method="1s", optimization=pyblp.Optimization("return")
     )
     problem = blpjax.Problem(
         products,
