@@ -65,7 +65,17 @@ class Setup(eqx.Module):
         mask_np = np.asarray(mask)
         shares = np.asarray(products.shares)
         log_S = jnp.asarray(np.where(mask_np, np.log(np.where(mask_np, shares, 1.0)), 0.0))
-        market = Market(products.X2, agents.nodes, agents.demographics, agents.weights, log_S, mask, products.nest_ids)
+        market = Market(
+            products.X2,
+            agents.nodes,
+            agents.demographics,
+            agents.weights,
+            log_S,
+            mask,
+            products.nest_ids,
+            agents.product_demographics,
+            agents.availability,
+        )
         M = products.Z.shape[-1]
         ZX1 = absorb_columns(
             np.concatenate([np.asarray(products.Z), np.asarray(products.X1)], axis=-1),

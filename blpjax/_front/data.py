@@ -433,7 +433,24 @@ def build_agents(
         raise BLPDataError("agent_data must be a pandas DataFrame.")
     _unique_columns(agent_data, frame)
     df = agent_data.reset_index(drop=True)
-    _require(df, ["market_ids", *demographics], frame)
+    J_max = index.rows.shape[1]
+    # a demographic that is not a column but has columns name0, name1, ... is product-specific (PyBLP's
+    # multi-column demographics): column j belongs to the market's j-th product in product_data's order
+    by_product = {c: _columns_by_prefix(df, c) for c in demographics if c not in df.columns}
+    by_product = {c: cols for c, cols in by_product.items() if cols}
+    _require(df, ["market_ids", *[c for c in demographics if c not in by_product]], frame)
+    for c, cols in by_product.items():
+        if len(cols) < J_max:
+            raise BLPDataError(
+                f"the product-specific demographic '{c}' has {len(cols)} column(s) ({cols[0]}, ...) but markets have "
+                f"up to {J_max} products: give {c}0..{c}{J_max - 1} (column j for each market's j-th product)."
+            )
+    availability_columns = _columns_by_prefix(df, "availability")
+    if availability_columns and len(availability_columns) < J_max:
+        raise BLPDataError(
+            f"agent_data has {len(availability_columns)} availability column(s) but markets have up to {J_max} "
+            f"products: give availability0..availability{J_max - 1} (1 if the market's j-th product is available)."
+        )
     node_columns = _columns_by_prefix(df, "nodes")
     if integration is None:
         _require(df, ["weights"], frame)
@@ -459,7 +476,11 @@ def build_agents(
         raise BLPDataError(f"market(s) {sorted(map(str, missing))[:5]} have products but no agents in agent_data.")
     t_codes, i_index = agent_positions(df, index)
     I = int(i_index.max()) + 1
-    demo = np.column_stack([_numeric(df, c, frame) for c in demographics]) if D else np.zeros((len(df), 0))
+    demo = (
+        np.column_stack([_numeric(df, c, frame) if c not in by_product else np.zeros(len(df)) for c in demographics])
+        if D
+        else np.zeros((len(df), 0))
+    )
     if integration is None:
         weights = _numeric(df, "weights", frame)
         nodes = np.column_stack([_numeric(df, c, frame) for c in node_columns[:K2]]) if K2 else np.zeros((len(df), 0))
@@ -478,8 +499,46 @@ def build_agents(
             if "weights" not in df.columns:
                 weights[rows] = w
     check_agent_weights(weights, t_codes, index.market_ids)
+    J_agent = (index.rows >= 0).sum(axis=1)[t_codes]  # each agent's market's product count
+
+    def per_product(columns: list[str]) -> np.ndarray:
+        """(N, J_max) from columns name0..: finite for each agent's market's products, 0 beyond them."""
+        values = np.column_stack([pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in columns[:J_max]])
+        real = np.arange(J_max)[None, :] < J_agent[:, None]
+        bad = real & ~np.isfinite(values)
+        if bad.any():
+            r, j = np.argwhere(bad)[0]
+            raise BLPDataError(
+                f"agent_data column '{columns[j]}' is missing or not numeric for agent row {r} of market "
+                f"'{index.market_ids[t_codes[r]]}', which has {J_agent[r]} products (values beyond a market's "
+                "products are ignored)."
+            )
+        return np.where(real, values, 0.0)
+
+    product_demo = None
+    if by_product:  # (N, J_max, D): agent-level demographics repeated over products
+        product_demo = np.repeat(demo[:, None, :], J_max, axis=1)
+        for k, c in enumerate(demographics):
+            if c in by_product:
+                product_demo[:, :, k] = per_product(by_product[c])
+    availability = None
+    if availability_columns:
+        availability = per_product(availability_columns)
+        if not np.isin(availability, (0.0, 1.0)).all():
+            raise BLPDataError("agent_data availability columns must be 1 (available) or 0 (not available).")
+        padded = _pad(availability, t_codes, i_index, T, I)
+        reach = np.einsum("ti,tij->tj", _pad(weights, t_codes, i_index, T, I) != 0, padded)
+        unreached = (index.rows >= 0) & (reach == 0)
+        if unreached.any():
+            t, j = np.argwhere(unreached)[0]
+            raise BLPDataError(
+                f"product '{index.product_ids[t, j]}' of market '{index.market_ids[t]}' is available to no agent "
+                "(availability columns), yet it has a positive share: make it available to some agents or drop it."
+            )
     return Agents(
         jnp.asarray(_pad(weights, t_codes, i_index, T, I)),
         jnp.asarray(_pad(nodes, t_codes, i_index, T, I)),
         jnp.asarray(_pad(demo, t_codes, i_index, T, I)),
+        None if product_demo is None else jnp.asarray(_pad(product_demo, t_codes, i_index, T, I)),
+        None if availability is None else jnp.asarray(_pad(availability, t_codes, i_index, T, I)),
     )

@@ -259,7 +259,17 @@ class PostEstimation:
         spec = self.specification
         agents = build_agents(agent_data, self.index, len(spec.nonlinear), spec.demographics, integration)
         m = self.setup.market
-        market = Market(m.X2, agents.nodes, agents.demographics, agents.weights, m.log_shares, m.mask, m.nest_ids)
+        market = Market(
+            m.X2,
+            agents.nodes,
+            agents.demographics,
+            agents.weights,
+            m.log_shares,
+            m.mask,
+            m.nest_ids,
+            agents.product_demographics,
+            agents.availability,
+        )
         theta = self.spec.unpack(jnp.asarray(self.final.theta))
         solve = jax.jit(jax.vmap(solve_delta, in_axes=(None, 0, 0, None)))
         solved = solve(theta, market, jnp.asarray(self.final.delta), iteration or self.config)

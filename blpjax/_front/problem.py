@@ -141,6 +141,10 @@ class Problem:
             warn_price_functions(product_data, self.linear, self.endogenous)
         self.rc_types = check_rc_types(rc_types, self.nonlinear)
         self.agents = build_agents(agent_data, self.index, len(self.nonlinear), self.demographics, integration)
+        if self.agents.availability is not None and self.products.n_nests > 0:
+            raise BLPSpecificationError(
+                "agent-specific availability (availability0, ... in agent_data) is not supported with nesting_ids yet."
+            )
         self.costs, self.costs_type = tuple(costs), costs_type
         # how prices move X1 and X2 (post-estimation and counterfactuals; the supply side's markups)
         dX1, dX2 = price_derivative_arrays(product_data, self.index, price_derivatives)

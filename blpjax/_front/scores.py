@@ -61,6 +61,11 @@ def _resolve(problem, dataset: MicroDataset) -> _Dataset:
 def _context(results) -> Context:
     problem, spec = results.problem, results.spec
     setup = problem.setup
+    if setup.market.product_demographics is not None or setup.market.availability is not None:
+        raise BLPSpecificationError(
+            "micro-data scores (optimal micro moments) with product-specific demographics or agent-specific "
+            "availability are not supported yet: each observed consumer would need them per product."
+        )
     x = jnp.asarray(results.final.theta, jnp.float64)
     delta = results.final.delta
     T, J = delta.shape

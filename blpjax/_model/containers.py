@@ -62,11 +62,16 @@ class Agents(eqx.Module):
         weights: integration weights w_it, summing to one within a market, 0 on padding.
         nodes: unobserved taste shocks ν_it, one column per X2 characteristic.
         demographics: observed demographics d_it.
+        product_demographics: every demographic per agent and product, d_ijt, when some are product-specific
+            (a distance to each product), else None.
+        availability: 1 where product j is available to agent i, 0 where not, or None (all available).
     """
 
     weights: Float[Array, "T I"]
     nodes: Float[Array, "T I K2"]
     demographics: Float[Array, "T I D"]
+    product_demographics: Float[Array, "T I J D"] | None = None
+    availability: Float[Array, "T I J"] | None = None
 
     @property
     def I(self) -> int:

@@ -8,9 +8,10 @@ batched) and a :class:`Theta`.
 from __future__ import annotations
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .shares import log_shares, mu
+from .shares import apply_coefficients, log_shares, random_coefficients
 
 
 class Theta(eqx.Module):
@@ -36,10 +37,29 @@ class Market(eqx.Module):
     log_shares: Float[Array, " J"]
     mask: Bool[Array, " J"]
     nest_ids: Int[Array, " J"]
+    # every demographic per agent and product when some are product-specific (PyBLP's 3-D demographics)
+    product_demographics: Float[Array, "I J D"] | None = None
+    # agent-specific product availability (1 available, 0 not: PyBLP's ``availability``)
+    availability: Float[Array, "I J"] | None = None
+
+
+def market_coefficients(theta: Theta, market: Market):
+    """The random coefficients of one market: (I, K2), or (I, J, K2) with product-specific demographics."""
+    return random_coefficients(
+        theta.sigma, theta.pi, market.nodes, market.demographics, theta.rc_types, market.product_demographics
+    )
+
+
+def market_mu_at(theta: Theta, market: Market, X2: Float[Array, "J K2"]) -> Float[Array, "I J"]:
+    """μ_ij at characteristics ``X2``; −∞ where a product is not available to an agent."""
+    out = apply_coefficients(market_coefficients(theta, market), X2)
+    if market.availability is not None:
+        out = jnp.where(market.availability > 0, out, -jnp.inf)
+    return out
 
 
 def market_mu(theta: Theta, market: Market) -> Float[Array, "I J"]:
-    return mu(market.X2, theta.sigma, theta.pi, market.nodes, market.demographics, theta.rc_types)
+    return market_mu_at(theta, market, market.X2)
 
 
 def market_log_shares(delta, theta: Theta, market: Market):

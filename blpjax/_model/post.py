@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .market import Market, Theta
-from .shares import mu, shares
+from .market import Market, Theta, market_mu_at
+from .shares import shares
 
 
 class Characteristic(eqx.Module):
@@ -33,7 +33,7 @@ def _shares_at(x_new, x_old, delta, theta: Theta, market: Market, ch: Characteri
     rho = theta.rho if theta.nested else None
     return shares(
         d,
-        mu(X2, theta.sigma, theta.pi, market.nodes, market.demographics, theta.rc_types),
+        market_mu_at(theta, market, X2),
         market.weights,
         market.mask,
         market.nest_ids,

@@ -28,18 +28,30 @@ def random_coefficients(
     nodes: Float[Array, "I K2"],
     demographics: Float[Array, "I D"],
     rc_types: tuple[str, ...] = (),
-) -> Float[Array, "I K2"]:
-    """Agent-specific deviations from mean tastes, Σν_i + Πd_i, one row per agent; a column whose ``rc_types`` entry
-    is ``"log"`` is exponentiated (a log-normal coefficient: its mean is a Π entry on a constant demographic) and
-    ``"logit"`` passed through the logistic function, as PyBLP's ``rc_types``."""
-    coefficients = nodes @ sigma.T + demographics @ pi.T
+    product_demographics: Float[Array, "I J D"] | None = None,
+) -> Float[Array, "I K2"] | Float[Array, "I J K2"]:
+    """Agent-specific deviations from mean tastes, Σν_i + Πd_i, one row per agent (per agent and product, (I, J, K2),
+    when demographics are product-specific: Σν_i + Πd_ij); a column whose ``rc_types`` entry is ``"log"`` is
+    exponentiated (a log-normal coefficient: its mean is a Π entry on a constant demographic) and ``"logit"`` passed
+    through the logistic function, as PyBLP's ``rc_types``."""
+    if product_demographics is None:
+        coefficients = nodes @ sigma.T + demographics @ pi.T
+    else:
+        coefficients = (nodes @ sigma.T)[:, None, :] + product_demographics @ pi.T
     if not any(t != "linear" for t in rc_types):
         return coefficients
     columns = [
         jnp.exp(c) if t == "log" else jax.nn.sigmoid(c) if t == "logit" else c
-        for c, t in zip(coefficients.T, rc_types, strict=True)
+        for c, t in zip(jnp.moveaxis(coefficients, -1, 0), rc_types, strict=True)
     ]
-    return jnp.stack(columns, axis=1)
+    return jnp.stack(columns, axis=-1)
+
+
+def apply_coefficients(coefficients, X: Float[Array, "J K2"]) -> Float[Array, "I J"]:
+    """Σ_k X_jk c_ik (or c_ijk with product-specific demographics)."""
+    if coefficients.ndim == 2:
+        return coefficients @ X.T
+    return jnp.einsum("ijk,jk->ij", coefficients, X)
 
 
 def mu(
@@ -49,9 +61,10 @@ def mu(
     nodes: Float[Array, "I K2"],
     demographics: Float[Array, "I D"],
     rc_types: tuple[str, ...] = (),
+    product_demographics: Float[Array, "I J D"] | None = None,
 ) -> Float[Array, "I J"]:
     """Agent-specific utility μ_ij = x_j'(Σν_i + Πd_i) (each coefficient transformed as ``rc_types`` says)."""
-    return random_coefficients(sigma, pi, nodes, demographics, rc_types) @ X2.T
+    return apply_coefficients(random_coefficients(sigma, pi, nodes, demographics, rc_types, product_demographics), X2)
 
 
 def log_probabilities(

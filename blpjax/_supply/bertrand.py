@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from .._model.shares import NEG_INF, FactoredMarket, random_coefficients, shares
+from .._model.shares import NEG_INF, FactoredMarket, apply_coefficients, shares
 
 COSTS_TYPES = ("linear", "log")
 
@@ -91,9 +91,11 @@ def firm_membership(firm_ids, mask) -> Bool[Array, "T J F"]:
     return jnp.asarray(out)
 
 
-def utility_price_derivatives(theta, nodes, demographics, supply: SupplyMarket) -> Float[Array, "I J"]:
+def utility_price_derivatives(theta, market, supply: SupplyMarket) -> Float[Array, "I J"]:
     """∂u_ij/∂p_j = dX2_j·(Σν_i + Πd_i)."""
-    return random_coefficients(theta.sigma, theta.pi, nodes, demographics, theta.rc_types) @ supply.dX2.T
+    from .._model.market import market_coefficients
+
+    return apply_coefficients(market_coefficients(theta, market), supply.dX2)
 
 
 def share_price_jacobian(delta, theta, market, supply: SupplyMarket) -> Float[Array, "J J"]:
@@ -102,7 +104,7 @@ def share_price_jacobian(delta, theta, market, supply: SupplyMarket) -> Float[Ar
 
     mask = market.mask
     mu_ = market_mu(theta, market)
-    a = utility_price_derivatives(theta, market.nodes, market.demographics, supply)
+    a = utility_price_derivatives(theta, market, supply)
     a = jnp.where(mask[None, :], a, 0.0)
     if not theta.nested:
         P = FactoredMarket.build(mu_, market.weights, mask).probabilities(delta)  # (I, J)
@@ -140,7 +142,7 @@ def markups(delta, theta, market, supply: SupplyMarket, ownership=None, P=None) 
 
         if P is None:  # ``P``: the choice probabilities at δ, when the caller has them
             P = FactoredMarket.build(market_mu(theta, market), market.weights, mask).probabilities(delta)
-        a = jnp.where(mask[None, :], utility_price_derivatives(theta, market.nodes, market.demographics, supply), 0.0)
+        a = jnp.where(mask[None, :], utility_price_derivatives(theta, market, supply), 0.0)
         return _bertrand_markups(P, a, market.weights, supply.firms, mask)
     J = delta.shape[0]
     if ownership is None:

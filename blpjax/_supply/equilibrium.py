@@ -33,8 +33,8 @@ from jaxtyping import Array, Bool, Float
 
 from .._base.errors import BLPSpecificationError, Status
 from .._inversion.contraction import ContractionConfig, FixedPoint
-from .._model.market import Market, Theta
-from .._model.shares import choice, mu, random_coefficients
+from .._model.market import Market, Theta, market_coefficients, market_mu_at
+from .._model.shares import apply_coefficients, choice
 
 
 class PriceDemand(eqx.Module):
@@ -132,11 +132,10 @@ def utilities(p, theta: Theta, d: PriceDemand, delta=None):
         new = _inputs_at(p, d)
         shift = (x1_terms(new) - x1_terms(d.inputs)) @ d.beta
         X2 = jnp.where(m.mask[:, None], x2_terms(new), m.X2)
-        rc = mu(X2, theta.sigma, theta.pi, m.nodes, m.demographics, theta.rc_types)
-        return base + jnp.where(m.mask, shift, 0.0), rc
+        return base + jnp.where(m.mask, shift, 0.0), market_mu_at(theta, m, X2)
     dp = jnp.where(m.mask, p - d.prices, 0.0)
     X2 = m.X2 + d.dX2 * dp[:, None]
-    return base + d.d_delta * dp, mu(X2, theta.sigma, theta.pi, m.nodes, m.demographics, theta.rc_types)
+    return base + d.d_delta * dp, market_mu_at(theta, m, X2)
 
 
 def log_probabilities_at(p, theta: Theta, d: PriceDemand, available=None) -> tuple[Array, Array]:
@@ -161,7 +160,7 @@ def alpha(theta: Theta, d: PriceDemand, p=None) -> Float[Array, "I J"]:
         new = _inputs_at(d.prices if p is None else p, d)
         d_delta = x1_terms.derivative(new, "prices") @ d.beta
         dX2 = x2_terms.derivative(new, "prices")
-    a = d_delta[None, :] + random_coefficients(theta.sigma, theta.pi, m.nodes, m.demographics, theta.rc_types) @ dX2.T
+    a = d_delta[None, :] + apply_coefficients(market_coefficients(theta, m), dX2)
     return jnp.where(d.mask[None, :], a, 0.0)
 
 
