@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--contraction",
-        choices=["squarem", "anderson", "simple"],
+        choices=["squarem", "anderson", "newton", "simple"],
         default=None,
         help="blpjax's inner solver (PyBLP keeps SQUAREM, the reference); results go to <problem>_<method>.json",
     )

@@ -84,7 +84,7 @@ def test_hessian_is_symmetric_and_matches_finite_differences_of_gradient():
     np.testing.assert_allclose(H, H_fd, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["squarem", "anderson", "simple"])
+@pytest.mark.parametrize("method", ["squarem", "anderson", "newton", "simple"])
 @pytest.mark.parametrize("nested", [False, True])
 def test_contraction_solves_share_equations(method, nested):
     market, theta = _toy(nested)
@@ -299,7 +299,7 @@ def test_every_method_converges_from_a_far_warm_start():
     _, _, bp, sigma, pi = _nevo()
     delta0 = np.asarray(bp.objective(sigma, pi).delta0) + 50.0
     solved = {}
-    for method in ("simple", "squarem", "anderson"):
+    for method in ("simple", "squarem", "anderson", "newton"):
         obj = bp.objective(sigma, pi, contraction=ContractionConfig(method=method), delta=delta0)
         q, aux = obj.value_and_aux(obj.x0)
         assert np.all(np.asarray(aux.status) == Status.CONVERGED), method
@@ -307,3 +307,26 @@ def test_every_method_converges_from_a_far_warm_start():
         solved[method] = np.asarray(aux.delta)
     np.testing.assert_allclose(solved["squarem"], solved["simple"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(solved["anderson"], solved["simple"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(solved["newton"], solved["simple"], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])  # 3: a hard problem (σ and Π tripled: shares near 0 and 1)
+def test_newton_reaches_squarems_delta_and_gradient_and_reports_failure(scale):
+    """The safeguarded Newton inner solve (exact ∂log s/∂δ from the evaluation's probabilities): the same δ (1e-12)
+    and objective gradient as SQUAREM on every Nevo market, in fewer evaluations; a cap it cannot meet is a status."""
+    _, _, bp, sigma, pi = _nevo()
+    out = {}
+    for method in ("squarem", "newton"):
+        obj = bp.objective(sigma * scale, np.asarray(pi) * scale, contraction=ContractionConfig(method=method))
+        _, grad, _ = obj.value_and_grad(obj.x0)
+        _, aux = obj.value_and_aux(obj.x0)
+        assert np.all(np.asarray(aux.status) == Status.CONVERGED), method
+        out[method] = (np.asarray(aux.delta), np.asarray(grad), np.asarray(aux.evaluations))
+    np.testing.assert_allclose(out["newton"][0], out["squarem"][0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out["newton"][1], out["squarem"][1], rtol=1e-7, atol=1e-9)
+    assert out["newton"][2].mean() < out["squarem"][2].mean()
+    capped = bp.objective(
+        sigma * scale, np.asarray(pi) * scale, contraction=ContractionConfig(method="newton", max_evaluations=2)
+    )
+    _, aux = capped.value_and_aux(capped.x0)
+    assert np.all(np.asarray(aux.status) == Status.MAX_EVALUATIONS)

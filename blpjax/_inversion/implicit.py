@@ -57,6 +57,53 @@ def contraction_map(theta: Theta, market: Market):
     return g
 
 
+def newton_map(theta: Theta, market: Market):
+    """δ ↦ (g(δ), δ + (∂log s/∂δ)⁻¹(log S − log s(δ)), usable): the contraction's step and Newton's, from one
+    evaluation of the probabilities. ``usable`` is False where the map saturates (the model's outside share below a
+    tenth of the data's: every δ too large, ∂log s/∂δ singular along a uniform shift, so the Newton step is
+    meaningless).
+
+    Without nesting ∂log s_j/∂δ_k = (s_j 1{j=k} − Σ_i w_i P_ij P_ik)/s_j: an I·J² product and a J×J solve per
+    step, against the I·J of an evaluation (fewer evaluations, more work in each); nested models differentiate
+    log s forward.
+    """
+    mask, log_S = market.mask, market.log_shares
+    J = mask.shape[0]
+    both = mask[:, None] & mask[None, :]
+    eye = jnp.eye(J, dtype=log_S.dtype)
+    outside = 1.0 - jnp.sum(jnp.where(mask, jnp.exp(log_S), 0.0))
+
+    def finish(delta, gx, log_s, D):
+        f = jnp.where(mask, log_S - log_s, 0.0)
+        usable = 1.0 - jnp.sum(jnp.where(mask, jnp.exp(log_s), 0.0)) > 0.1 * outside
+        return gx, delta + jnp.linalg.solve(jnp.where(both, D, eye), f), usable
+
+    if theta.nested:
+        g = contraction_map(theta, market)
+        log_shares = lambda d: market_log_shares(d, theta, market)  # noqa: E731
+
+        def nested_step(delta):
+            return finish(delta, g(delta), log_shares(delta), jax.jacfwd(log_shares)(delta))
+
+        return nested_step
+    fm = FactoredMarket.build(market_mu(theta, market), market.weights, mask)
+    exp_neg_m = jnp.exp(-fm.m)
+
+    def step(delta):
+        c = jnp.max(jnp.where(mask, delta, -jnp.inf))
+        ex = jnp.exp(jnp.concatenate([jnp.where(mask, delta - c, -jnp.inf), -c[None]]))
+        denominators = exp_neg_m * ex[-1] + fm.E @ ex[:-1]
+        inner = fm.E.T @ (fm.weights / denominators)
+        log_inner = jnp.log(jnp.maximum(inner, 1e-300))
+        gx = jnp.where(mask, log_S + c - log_inner, delta)
+        P = fm.E * ex[None, :-1] / denominators[:, None]  # P_ij (0 on padding)
+        s = ex[:-1] * inner  # s_j = e_j Σ_i w_i E_ij / den_i
+        D = (jnp.diag(s) - (P * fm.weights[:, None]).T @ P) / jnp.where(mask, s, 1.0)[:, None]
+        return finish(delta, gx, delta - c + log_inner, D)
+
+    return step
+
+
 def _log_share_jacobian(delta, theta: Theta, market: Market) -> Float[Array, "J J"]:
     """∂ log s/∂δ at δ (any model, by forward differentiation), with identity rows/columns on padded products."""
     mask = market.mask
@@ -67,7 +114,8 @@ def _log_share_jacobian(delta, theta: Theta, market: Market) -> Float[Array, "J 
 
 @eqx.filter_custom_jvp
 def _solve(theta: Theta, market: Market, delta0: Array, config: ContractionConfig) -> FixedPoint:
-    return fixed_point(contraction_map(theta, market), delta0, market.mask, config)
+    newton = newton_map(theta, market) if config.method == "newton" else None
+    return fixed_point(contraction_map(theta, market), delta0, market.mask, config, newton)
 
 
 def _is_zero(t):
