@@ -29,6 +29,18 @@ def _data(markets: int = 10):
     return pyblp, products, agents
 
 
+def _problem(products, agents, **layout):
+    return blpjax.Problem(
+        products,
+        linear=("prices",),
+        nonlinear=("1", "prices"),
+        absorb=("product_ids",),
+        agent_data=agents,
+        demographics=("income", "distance"),
+        **layout,
+    )
+
+
 @pytest.fixture(scope="module")
 def fixed():
     pyblp, products, agents = _data()
@@ -39,15 +51,7 @@ def fixed():
         pyblp.Formulation("0 + income + distance"),
         agents.fillna(0.0),
     ).solve(sigma, pi, method="1s", optimization=pyblp.Optimization("return"))
-    problem = blpjax.Problem(
-        products,
-        linear=("prices",),
-        nonlinear=("1", "prices"),
-        absorb=("product_ids",),
-        agent_data=agents,
-        demographics=("income", "distance"),
-    )
-    ours = problem.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
+    ours = _problem(products, agents).solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
     return pyblp, products, theirs, ours, (sigma, pi)
 
 
@@ -76,17 +80,9 @@ def test_after_estimation_matches_pyblp(fixed):
 def test_layouts_equal_padded(fixed):
     pyblp, products, theirs, ours, (sigma, pi) = fixed
     _, _, agents = _data()
-    problem = blpjax.Problem(
-        products,
-        linear=("prices",),
-        nonlinear=("1", "prices"),
-        absorb=("product_ids",),
-        agent_data=agents,
-        demographics=("income", "distance"),
-        buckets=2,
-        market_batch_size=3,
+    other = _problem(products, agents, buckets=2, market_batch_size=3).solve(
+        sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return")
     )
-    other = problem.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
     _close(other.objective, ours.objective, "objective on buckets and chunks", rtol=1e-10)
     _close(other.gradient, ours.gradient, "gradient on buckets and chunks", rtol=1e-8, atol=1e-10)
 

@@ -131,6 +131,27 @@ def _update(state: _State, x_new, x_old, mask, tol, max_evaluations):
     return _State(x, n, state.done | newly_done, status, state.extra, best, since, plain)
 
 
+def _safeguarded(s: _State, reject, gx, x_back, mask, tol, max_evaluations) -> _State:
+    """The state after evaluating g at an extrapolated point: accounted as a step to ``gx`` (converged, failed or
+    live), or, where ``reject`` (the point did not reduce the residual), an evaluation spent without moving: the
+    iteration resumes from ``x_back``, the last accepted point's plain step."""
+    accepted = _update(s, gx, s.x, mask, tol, max_evaluations)
+    n = s.n + jnp.where(s.done, 0, 1)
+    exhausted = n >= max_evaluations
+    status = jnp.where(s.done, s.status, jnp.where(exhausted, Status.MAX_EVALUATIONS, s.status))
+    since = jnp.where(s.done, s.since, s.since + 1)
+    rejected = dataclasses.replace(
+        s,
+        x=x_back,
+        n=n,
+        done=s.done | exhausted,
+        status=status,
+        since=since,
+        plain=s.plain | (since >= _STALL_EVALUATIONS),
+    )
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(reject, a, b), rejected, accepted)
+
+
 def fixed_point(
     g: Callable[[Array], Array],
     x0: Float[Array, " J"],
@@ -157,21 +178,7 @@ def fixed_point(
             # iteration goes on from the predecessor's plain step g(x_prev) (which the contraction makes smaller),
             # with plain steps for a while; a plain step is never refused
             reject = from_newton & ~(norm < norm_prev)
-            accepted = _update(s, gx, s.x, mask, tol, max_ev)
-            n = s.n + jnp.where(s.done, 0, 1)
-            exhausted = n >= max_ev
-            status = jnp.where(s.done, s.status, jnp.where(exhausted, Status.MAX_EVALUATIONS, s.status))
-            since = jnp.where(s.done, s.since, s.since + 1)
-            rejected = dataclasses.replace(
-                s,
-                x=g_prev,
-                n=n,
-                done=s.done | exhausted,
-                status=status,
-                since=since,
-                plain=s.plain | (since >= _STALL_EVALUATIONS),
-            )
-            s1 = jax.tree_util.tree_map(lambda a, b: jnp.where(reject, a, b), rejected, accepted)
+            s1 = _safeguarded(s, reject, gx, g_prev, mask, tol, max_ev)
             use = ~reject & (cool == 0) & usable & _finite(y, mask) & ~s1.plain
             x_next = jnp.where(s1.done, s1.x, jnp.where(reject, g_prev, jnp.where(use, jnp.where(mask, y, s.x), gx)))
             extra = (
@@ -228,21 +235,7 @@ def fixed_point(
             # point's is rejected, and the iteration restarts (empty memory) from that point's plain step
             # g(x_last), which the contraction makes smaller; a plain step is never rejected
             reject = valid & accelerated & ~(norm <= norm_last)
-            accepted = _update(s, gx, s.x, mask, tol, max_ev)
-            n = s.n + jnp.where(s.done, 0, 1)
-            exhausted = n >= max_ev
-            status = jnp.where(s.done, s.status, jnp.where(exhausted, Status.MAX_EVALUATIONS, s.status))
-            since = jnp.where(s.done, s.since, s.since + 1)
-            rejected = dataclasses.replace(
-                s,
-                x=g_last,
-                n=n,
-                done=s.done | exhausted,
-                status=status,
-                since=since,
-                plain=s.plain | (since >= _STALL_EVALUATIONS),
-            )
-            s1 = jax.tree_util.tree_map(lambda a, b: jnp.where(reject, a, b), rejected, accepted)
+            s1 = _safeguarded(s, reject, gx, g_last, mask, tol, max_ev)
             # accepted: push (Δf, Δg) into the memory and extrapolate
             slot = count % m
             push = valid & ~reject

@@ -42,19 +42,32 @@ def contraction_map(theta: Theta, market: Market):
             return jnp.where(mask, new, delta)
 
         return g
-    fm = FactoredMarket.build(market_mu(theta, market), market.weights, mask)
-    # FactoredMarket.log_shares_shifted with exp(−m) hoisted out of the loop and the J + 1 exponentials
-    # of a step in one vector (one exponential kernel per step: faster, and less code to compile)
-    exp_neg_m = jnp.exp(-fm.m)
+    parts, _ = _factored_parts(theta, market)
 
     def g(delta):
+        c, _, _, inner = parts(delta)
+        return jnp.where(mask, log_S + c - jnp.log(jnp.maximum(inner, 1e-300)), delta)
+
+    return g
+
+
+def _factored_parts(theta: Theta, market: Market):
+    """(δ ↦ (c, exp([δ − c, −c]), each agent's denominator, Σ_i w_i E_ij / den_i), the FactoredMarket) of a
+    non-nested market:
+    FactoredMarket.log_shares_shifted with exp(−m) hoisted out of the loop and the J + 1 exponentials of a step in
+    one vector (one exponential kernel per step: faster, and less code to compile)."""
+    mask = market.mask
+    fm = FactoredMarket.build(market_mu(theta, market), market.weights, mask)
+    exp_neg_m = jnp.exp(-fm.m)
+
+    def parts(delta):
         c = jnp.max(jnp.where(mask, delta, -jnp.inf))
         ex = jnp.exp(jnp.concatenate([jnp.where(mask, delta - c, -jnp.inf), -c[None]]))
         denominators = exp_neg_m * ex[-1] + fm.E @ ex[:-1]
         inner = fm.E.T @ (fm.weights / denominators)
-        return jnp.where(mask, log_S + c - jnp.log(jnp.maximum(inner, 1e-300)), delta)
+        return c, ex, denominators, inner
 
-    return g
+    return parts, fm
 
 
 def newton_map(theta: Theta, market: Market):
@@ -86,19 +99,16 @@ def newton_map(theta: Theta, market: Market):
             return finish(delta, g(delta), log_shares(delta), jax.jacfwd(log_shares)(delta))
 
         return nested_step
-    fm = FactoredMarket.build(market_mu(theta, market), market.weights, mask)
-    exp_neg_m = jnp.exp(-fm.m)
+    parts, fm = _factored_parts(theta, market)
+    E, weights = fm.E, fm.weights
 
     def step(delta):
-        c = jnp.max(jnp.where(mask, delta, -jnp.inf))
-        ex = jnp.exp(jnp.concatenate([jnp.where(mask, delta - c, -jnp.inf), -c[None]]))
-        denominators = exp_neg_m * ex[-1] + fm.E @ ex[:-1]
-        inner = fm.E.T @ (fm.weights / denominators)
+        c, ex, denominators, inner = parts(delta)
         log_inner = jnp.log(jnp.maximum(inner, 1e-300))
         gx = jnp.where(mask, log_S + c - log_inner, delta)
-        P = fm.E * ex[None, :-1] / denominators[:, None]  # P_ij (0 on padding)
+        P = E * ex[None, :-1] / denominators[:, None]  # P_ij (0 on padding)
         s = ex[:-1] * inner  # s_j = e_j Σ_i w_i E_ij / den_i
-        D = (jnp.diag(s) - (P * fm.weights[:, None]).T @ P) / jnp.where(mask, s, 1.0)[:, None]
+        D = (jnp.diag(s) - (P * weights[:, None]).T @ P) / jnp.where(mask, s, 1.0)[:, None]
         return finish(delta, gx, delta - c + log_inner, D)
 
     return step
