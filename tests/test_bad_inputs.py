@@ -238,7 +238,7 @@ CASES = [
     ("unknown SciPy method", lambda: blpjax.ScipyOptimizer("newton"), S, "ScipyOptimizer.method"),
     ("negative gtol", lambda: blpjax.ScipyOptimizer(gtol=-1.0), S, "gtol"),
     ("negative contraction tolerance", lambda: blpjax.ContractionConfig(tol=-1.0), S, "tol"),
-    ("unknown contraction method", lambda: blpjax.ContractionConfig(method="newton"), S, "method"),
+    ("unknown contraction method", lambda: blpjax.ContractionConfig(method="broyden"), S, "method"),
     ("zero Anderson step bound", lambda: blpjax.ContractionConfig(anderson_max_step=0.0), S, "anderson_max_step"),
     ("contraction as a dict", lambda: solve(contraction={"tol": 1e-12}), S, "ContractionConfig"),
     ("delta of the wrong length", lambda: solve(delta=np.zeros(N + 1)), S, "one value per product row"),

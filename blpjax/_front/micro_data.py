@@ -24,7 +24,8 @@ from jaxtyping import Array
 from .._base.errors import BLPSpecificationError
 from .._micro.core import DatasetMarket, DatasetSpec, MicroMarket, MicroSetup
 from .._model.containers import Agents, Products
-from .data import ProductIndex, padded_agent_columns
+from .agent_data import padded_agent_columns
+from .data import ProductIndex
 
 
 @dataclass(frozen=True, eq=False)

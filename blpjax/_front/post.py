@@ -32,7 +32,7 @@ from .._model.post import (
 )
 from .._post.fitted import Fitted
 from .._post.inference import bootstrap, delta_method
-from .data import build_agents
+from .agent_data import build_agents
 
 
 @jit(once=True, inline=True, static_argnums=(0,))

@@ -26,7 +26,8 @@ from .._model.integration import Integration
 from .._model.logit import logit_delta
 from .._model.params import ParameterSpec, build_parameters, check_rc_types
 from .._supply.bertrand import build_supply_setup
-from .data import Specification, build_agents, build_products
+from .agent_data import build_agents
+from .data import Specification, build_products
 from .formulas import expand, is_formula, padded_terms
 from .micro_data import MicroMoment, build_micro, market_views
 from .objective import Objective
@@ -120,15 +121,6 @@ class Problem:
             product_data, agent_data, price_derivatives = e.product_data, e.agent_data, e.price_derivatives
             linear, nonlinear, costs, absorb, demographics = e.linear, e.nonlinear, e.costs, e.absorb, e.demographics
             endogenous = e.with_endogenous(endogenous)
-        for name, v in (
-            ("linear", linear),
-            ("nonlinear", nonlinear),
-            ("absorb", absorb),
-            ("demographics", demographics),
-            ("costs", costs),
-        ):
-            if isinstance(v, str):
-                raise BLPSpecificationError(f"{name} must be a sequence of column names, not the string {v!r}.")
         self.linear, self.nonlinear = tuple(linear), tuple(nonlinear)
         self.absorb, self.demographics = tuple(absorb), tuple(demographics)
         self.rho_by_nest = rho_by_nest
@@ -143,7 +135,7 @@ class Problem:
         self.agents = build_agents(agent_data, self.index, len(self.nonlinear), self.demographics, integration)
         if self.agents.availability is not None and self.products.n_nests > 0:
             raise BLPSpecificationError(
-                "agent-specific availability (availability0, ... in agent_data) is not supported with nesting_ids yet."
+                "agent-specific availability (availability0, ...) is not yet supported with nesting."
             )
         self.costs, self.costs_type = tuple(costs), costs_type
         # how prices move X1 and X2 (post-estimation and counterfactuals; the supply side's markups)

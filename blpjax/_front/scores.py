@@ -26,7 +26,7 @@ from .._engine.scores import (
 )
 from .._estimation.optimize import OptaxOptimizer
 from .._model.integration import Integration
-from .data import padded_agent_columns
+from .agent_data import padded_agent_columns
 from .micro_data import MicroDataset, MicroMoment, MicroPart, _evaluate, _shape_error
 
 
