@@ -63,7 +63,9 @@ def test_shell_blocks_and_the_demo_run():
     for section in (
         "1) Plain logit",
         "2) BLP random coefficients",
+        "Bertrand–Nash prices and shares by blpjax.Simulation",
         "3) Counterfactual",
+        "merger of firms 0 and 1",
         "4) Micro moment",
         "5) Optimal micro moments",
         "E[income | j > 0]",
