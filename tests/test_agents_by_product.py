@@ -29,14 +29,14 @@ def _data(markets: int = 10):
     return pyblp, products, agents
 
 
-def _problem(products, agents, **layout):
+def _problem(products, agents, demographics=("income", "distance"), **layout):
     return blpjax.Problem(
         products,
         linear=("prices",),
         nonlinear=("1", "prices"),
         absorb=("product_ids",),
         agent_data=agents,
-        demographics=("income", "distance"),
+        demographics=demographics,
         **layout,
     )
 
@@ -78,11 +78,12 @@ def test_after_estimation_matches_pyblp(fixed):
 
 
 def test_layouts_equal_padded(fixed):
+    """Buckets and market chunks equal padded; the demographics stated as a formula too."""
     pyblp, products, theirs, ours, (sigma, pi) = fixed
     _, _, agents = _data()
-    other = _problem(products, agents, buckets=2, market_batch_size=3).solve(
-        sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return")
-    )
+    problem = _problem(products, agents, buckets=2, market_batch_size=3, demographics="0 + income + distance")
+    assert problem.demographics == ("income", "distance")
+    other = problem.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
     _close(other.objective, ours.objective, "objective on buckets and chunks", rtol=1e-10)
     _close(other.gradient, ours.gradient, "gradient on buckets and chunks", rtol=1e-8, atol=1e-10)
 
@@ -100,6 +101,8 @@ def test_bad_agent_columns_are_refused():
     bad = agents.assign(availability0=0.0)
     with pytest.raises(blpjax.BLPDataError, match="available to no agent"):
         blpjax.Problem(products, ("prices",), ("1", "prices"), agent_data=bad, demographics=("income",))
+    with pytest.raises(blpjax.BLPSpecificationError, match="only as itself"):
+        _problem(products, agents, demographics="0 + income + I(distance**2)")
     with pytest.raises(blpjax.BLPDataError, match="1 .available. or 0"):
         blpjax.Problem(
             products,

@@ -373,13 +373,25 @@ def expand(
     if is_formula(demographics):
         if agent_data is None:
             raise BLPSpecificationError("demographics given as a formula need agent_data.")
-        design = parse(demographics, agent_data, "agent_data")
+        # product-specific demographics (columns name0, name1, ...: one per product) enter as themselves
+        by_product = {
+            c for c in referenced_columns(demographics) if c not in agent_data.columns and _has_indexed(agent_data, c)
+        }
+        frame = agent_data.assign(**{c: 0.0 for c in by_product})
+        design = parse(demographics, frame, "agent_data")
         if any(design.reads("prices")) or any(design.reads("shares")):
             raise BLPSpecificationError(f"demographics={demographics!r} cannot involve prices or shares.")
-        (t,), agent_inputs = compile_terms([design], agent_data, "agent_data")
-        values = evaluate(t, agent_inputs, agent_data, demographics, "agent_data")
-        new = pd.DataFrame(values, columns=list(t.names), index=agent_data.index)
-        agents = pd.concat([agent_data.drop(columns=[c for c in t.names if c in agent_data.columns]), new], axis=1)
+        for c in by_product:
+            if [n for n, r in zip(design.names, design.reads(c), strict=True) if r] != [c]:
+                raise BLPSpecificationError(
+                    f"the product-specific demographic '{c}' ({c}0, {c}1, ... in agent_data) may enter the "
+                    f"demographics formula {demographics!r} only as itself, not transformed or interacted."
+                )
+        (t,), agent_inputs = compile_terms([design], frame, "agent_data")
+        values = evaluate(t, agent_inputs, frame, demographics, "agent_data")
+        keep = [k for k, n in enumerate(t.names) if n not in by_product]  # those are read from name0, name1, ...
+        new = pd.DataFrame(values[:, keep], columns=[t.names[k] for k in keep], index=agent_data.index)
+        agents = pd.concat([agent_data.drop(columns=[c for c in new.columns if c in agent_data.columns]), new], axis=1)
         demo = t.names
     any_price_formula = bool(moving)
     return Expanded(
@@ -396,6 +408,10 @@ def expand(
         cost_terms=terms[2] if is_formula(costs) else None,
         inputs=inputs,
     )
+
+
+def _has_indexed(data: pd.DataFrame, name: str) -> bool:
+    return any(re.fullmatch(rf"{re.escape(name)}\d+", str(c)) for c in data.columns)
 
 
 def padded_terms(expanded: Expanded | None, index, costs_type: str):
