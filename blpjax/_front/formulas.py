@@ -302,10 +302,18 @@ def symbols_design(columns: tuple[str, ...]) -> Design:
     return Design(repr(columns), tuple(columns), exprs, {})
 
 
-def _add_columns(data: pd.DataFrame, names, values: np.ndarray) -> pd.DataFrame:
-    new = pd.DataFrame(values, columns=list(names), index=data.index)
-    new = new[[c for c in new.columns if c != CONSTANT]]
+def _with_columns(data: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``data`` with the columns of ``new`` (same index) added, replacing those of the same name."""
     return pd.concat([data.drop(columns=[c for c in new.columns if c in data.columns]), new], axis=1)
+
+
+def check_costs_design(design: Design | None, costs) -> None:
+    """Cost characteristics must not involve prices (costs are p − markup)."""
+    if design is not None and any(design.reads("prices")):
+        raise BLPSpecificationError(
+            f"the cost characteristics X3 ({costs!r}) involve prices; costs are p − markup, so prices cannot be a "
+            "cost characteristic."
+        )
 
 
 def expand(
@@ -328,7 +336,7 @@ def expand(
     absorbed: tuple[str, ...] = tuple(absorb) if not is_formula(absorb) else ()
     if is_formula(absorb):
         absorbed, extra = _absorb_columns(absorb, data)
-        data = pd.concat([data.drop(columns=[c for c in extra.columns if c in data.columns]), extra], axis=1)
+        data = _with_columns(data, extra)
     designs: dict[str, Design | None] = {}
     for role, value in (("linear", linear), ("nonlinear", nonlinear), ("costs", costs)):
         if is_formula(value):
@@ -345,12 +353,7 @@ def expand(
             "derivatives by autodiff. State every price-dependent column in the formula (e.g. 'I(-prices)', "
             "'prices:sugar') and drop price_derivatives."
         )
-    for role in ("costs",):
-        if designs[role] is not None and any(designs[role].reads("prices")):  # type: ignore[union-attr]
-            raise BLPSpecificationError(
-                f"the cost characteristics X3 ({arguments[role]!r}) involve prices; costs are p − markup, so prices "
-                "cannot be a cost characteristic."
-            )
+    check_costs_design(designs["costs"], costs)
     terms, inputs = compile_terms([designs["linear"], designs["nonlinear"], designs["costs"]], data, "product_data")
     names: dict[str, tuple[str, ...]] = {}
     derivatives = dict(price_derivatives or {})
@@ -360,7 +363,8 @@ def expand(
         if role not in formula_roles:
             continue
         values = evaluate(t, inputs, data, arguments[role], "product_data")
-        data = _add_columns(data, t.names, values)
+        kept = [k for k, n in enumerate(t.names) if n != CONSTANT]
+        data = _with_columns(data, pd.DataFrame(values[:, kept], columns=[t.names[k] for k in kept], index=data.index))
         if role == "costs":
             continue
         d = derivative(t, inputs, "prices")
@@ -391,9 +395,8 @@ def expand(
         values = evaluate(t, agent_inputs, frame, demographics, "agent_data")
         keep = [k for k, n in enumerate(t.names) if n not in by_product]  # those are read from name0, name1, ...
         new = pd.DataFrame(values[:, keep], columns=[t.names[k] for k in keep], index=agent_data.index)
-        agents = pd.concat([agent_data.drop(columns=[c for c in new.columns if c in agent_data.columns]), new], axis=1)
+        agents = _with_columns(agent_data, new)
         demo = t.names
-    any_price_formula = bool(moving)
     return Expanded(
         product_data=data,
         agent_data=agents,
@@ -404,7 +407,7 @@ def expand(
         demographics=demo,
         price_derivatives=derivatives or None,
         endogenous=tuple(endogenous),
-        price_terms=(terms[0], terms[1]) if any_price_formula else None,
+        price_terms=(terms[0], terms[1]) if moving else None,
         cost_terms=terms[2] if is_formula(costs) else None,
         inputs=inputs,
     )

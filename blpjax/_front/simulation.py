@@ -10,6 +10,7 @@ the share inversion of :mod:`.._inversion` for ``replace_exogenous``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Sequence
 
@@ -23,7 +24,16 @@ from .._inversion.contraction import ContractionConfig
 from .._inversion.implicit import solve_delta
 from .._post.fitted import CostTerms, Fitted
 from .data import CONSTANT
-from .formulas import compile_terms, evaluate, is_formula, parse, referenced_columns, referenced_terms, symbols_design
+from .formulas import (
+    check_costs_design,
+    compile_terms,
+    evaluate,
+    is_formula,
+    parse,
+    referenced_columns,
+    referenced_terms,
+    symbols_design,
+)
 from .problem import Problem
 from .supply_data import endogenous_columns
 
@@ -139,7 +149,7 @@ class Simulation:
         base = self._problem(product_data, placeholders=tuple(sorted(self._referenced(categorical=False))))
         self._base = base
         self.linear_names = base.linear
-        self.cost_names = self._designs()["costs"].names if self.costs else ()
+        self.cost_names = self._designs["costs"].names if self.costs else ()
         self.beta = _vector(beta, len(self.linear_names), "beta", "linear")
         self.gamma = _vector(np.zeros(0) if gamma is None else gamma, len(self.cost_names), "gamma", "costs")
         N = base.N
@@ -164,6 +174,7 @@ class Simulation:
             names |= referenced_columns(spec, categorical) if is_formula(spec) else set(spec)
         return names - {CONSTANT, "prices", "shares"}
 
+    @functools.cached_property
     def _designs(self) -> dict:
         """The parsed X1, X2 and X3 on the data (missing characteristics and shares as placeholders)."""
         names = set(self._referenced())
@@ -186,7 +197,7 @@ class Simulation:
         """Per part (linear, nonlinear, costs): the columns that read the data column ``name``."""
         return {
             role: [n for n, r in zip(design.names, design.reads(name), strict=True) if r]
-            for role, design in self._designs().items()
+            for role, design in self._designs.items()
         }
 
     def _problem(self, data: pd.DataFrame, prices=None, shares=None, placeholders=()) -> Problem:
@@ -232,8 +243,7 @@ class Simulation:
             counts = df.groupby("market_ids", sort=False)["market_ids"].transform("size").to_numpy()
             df = df.assign(shares=1.0 / (counts + 1.0))
         design = parse(self.costs, df, "product_data") if is_formula(self.costs) else symbols_design(self.costs)
-        if any(design.reads("prices")):
-            raise BLPSpecificationError("cost characteristics cannot involve prices (costs are p − markup).")
+        check_costs_design(design, self.costs)
         (terms,), inputs = compile_terms([design], df, "product_data")
         return terms, inputs, evaluate(terms, inputs, df, str(self.costs), "product_data")
 
@@ -331,7 +341,9 @@ class Simulation:
             c = c * np.exp(change) if self.costs_type == "log" else c + change
         # δ at the new prices: X1 re-evaluated (formulas), or moved as price_derivatives says (∂δ/∂p = ∂X1/∂p · β)
         if problem.price_terms is not None:
-            delta = self._linear_utility(self._problem(self.product_data, prices=out["prices"].to_numpy()))
+            x1_terms, _, inputs = problem.price_terms
+            moved = x1_terms.with_input(inputs, "prices", solved.x)
+            delta = index.flat(np.asarray(x1_terms(moved))) @ self.beta + self.xi
         else:
             d_delta = index.flat(np.asarray(problem.price_derivatives[0])) @ self.beta
             delta = delta0 + d_delta * (out["prices"].to_numpy() - p0)

@@ -31,9 +31,9 @@ FUNCTIONS = {"log": jnp.log, "exp": jnp.exp, "Abs": jnp.abs, "sin": jnp.sin, "co
 def evaluate_node(node, inputs: Float[Array, "J C"]) -> Float[Array, " J"]:
     kind = node[0]
     if kind == "sym":
-        return inputs[:, node[1]]
+        return inputs[..., node[1]]
     if kind == "num":
-        return jnp.full(inputs.shape[:1], node[1], inputs.dtype)
+        return jnp.full(inputs.shape[:-1], node[1], inputs.dtype)
     if kind == "add":
         out = evaluate_node(node[1][0], inputs)
         for a in node[1][1:]:
@@ -82,10 +82,10 @@ class Terms:
     inputs: tuple[str, ...]
     exprs: tuple
 
-    def __call__(self, inputs: Float[Array, "J C"]) -> Float[Array, "J K"]:
-        """The columns at ``inputs`` (one market, or any leading rows)."""
+    def __call__(self, inputs: Float[Array, "*J C"]) -> Float[Array, "*J K"]:
+        """The columns at ``inputs`` (one market's rows, or any leading axes)."""
         if not self.exprs:
-            return jnp.zeros((inputs.shape[0], 0), inputs.dtype)
+            return jnp.zeros((*inputs.shape[:-1], 0), inputs.dtype)
         return jnp.stack([evaluate_node(e, inputs) for e in self.exprs], axis=-1)
 
     def reads(self, name: str) -> tuple[bool, ...]:
@@ -98,12 +98,12 @@ class Terms:
     def derivative(self, inputs: Float[Array, "J C"], name: str) -> Float[Array, "J K"]:
         """∂column_jk/∂(input ``name``)_j per row, by one forward-mode product (zeros if no column reads it)."""
         if name not in self.inputs:
-            return jnp.zeros((inputs.shape[0], len(self.exprs)), inputs.dtype)
-        tangent = jnp.zeros_like(inputs).at[:, self.inputs.index(name)].set(1.0)
+            return jnp.zeros((*inputs.shape[:-1], len(self.exprs)), inputs.dtype)
+        tangent = jnp.zeros_like(inputs).at[..., self.inputs.index(name)].set(1.0)
         return jax.jvp(self.__call__, (inputs,), (tangent,))[1]
 
     def with_input(self, inputs: Float[Array, "J C"], name: str, values: Float[Array, " J"]) -> Float[Array, "J C"]:
         """``inputs`` with the column ``name`` replaced by ``values`` (unchanged if no column reads it)."""
         if name not in self.inputs:
             return inputs
-        return inputs.at[:, self.inputs.index(name)].set(values)
+        return inputs.at[..., self.inputs.index(name)].set(values)
