@@ -4,22 +4,27 @@ Each rule returns ``(nodes, weights)`` for one market: nodes (I, K2) and weights
 one. Monte Carlo, scrambled Halton and Latin hypercube draws use SciPy's ``qmc`` (a dependency of
 JAX already); MLHS is the modified Latin hypercube of Hess, Train and Polak (2006); ``product`` is
 the tensor Gauss–Hermite rule; ``grid`` is a Smolyak sparse grid built from Gauss–Hermite rules
-by the combination technique, with coincident nodes merged.
+by the combination technique, with coincident nodes merged. ``nested_product`` and ``nested_grid``
+use, in place of Gauss–Hermite, the nested rules of Genz and Keister (1996) as arranged by level by
+Heiss and Winschel (2008), as PyBLP does; they are computed here (``nested_rule``), not tabulated.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import lru_cache
 from math import comb
 
+import mpmath
 import numpy as np
 from scipy.special import roots_hermitenorm
 from scipy.stats import norm, qmc
 
 from .._base.errors import BLPSpecificationError
 
-RULES = ("monte_carlo", "halton", "lhs", "mlhs", "product", "grid")
+RULES = ("monte_carlo", "halton", "lhs", "mlhs", "product", "grid", "nested_product", "nested_grid")
+NESTED_LEVELS = 15
 
 
 @dataclass(frozen=True)
@@ -27,9 +32,11 @@ class Integration:
     """An integration rule.
 
     Args:
-        rule: one of ``monte_carlo``, ``halton``, ``lhs``, ``mlhs``, ``product``, ``grid``.
+        rule: one of ``monte_carlo``, ``halton``, ``lhs``, ``mlhs``, ``product``, ``grid``,
+            ``nested_product``, ``nested_grid`` (PyBLP's names and rules).
         size: draws per market (simulation rules), points per dimension (``product``) or the
-            accuracy level (``grid``).
+            accuracy level (``grid`` and the nested rules: exact for polynomials of degree
+            2·size − 1; the nested rules up to level 15).
         seed: seed of NumPy's generator for the simulation rules (markets get independent streams).
 
     Example:
@@ -45,6 +52,11 @@ class Integration:
             raise BLPSpecificationError(f"Integration rule must be one of {RULES}, got {self.rule!r}.")
         if int(self.size) < 1:
             raise BLPSpecificationError("Integration size must be a positive integer.")
+        if self.rule.startswith("nested") and int(self.size) > NESTED_LEVELS:
+            raise BLPSpecificationError(
+                f"Integration({self.rule!r}, {self.size}): the nested rules are built up to level {NESTED_LEVELS} "
+                "(19 nodes per dimension, exact to degree 29). Use a lower level, or 'grid'/'product' for more."
+            )
 
     @property
     def simulated(self) -> bool:
@@ -66,10 +78,10 @@ class Integration:
             u = qmc.LatinHypercube(d=dimension, seed=rng).random(n)
         elif self.rule == "mlhs":
             u = np.column_stack([rng.permutation((np.arange(n) + rng.uniform()) / n) for _ in range(dimension)])
-        elif self.rule == "product":
-            return product_rule(dimension, n)
+        elif self.rule.endswith("product"):
+            return product_rule(dimension, n, nested=self.rule == "nested_product")
         else:
-            return sparse_grid(dimension, n)
+            return sparse_grid(dimension, n, nested=self.rule == "nested_grid")
         u = np.clip(u, 1e-12, 1 - 1e-12)
         return norm.ppf(u), np.full(n, 1 / n)
 
@@ -80,16 +92,73 @@ def _hermite(n: int) -> tuple[np.ndarray, np.ndarray]:
     return x, w / w.sum()
 
 
-def product_rule(dimension: int, points: int) -> tuple[np.ndarray, np.ndarray]:
-    x, w = _hermite(points)
+def _moment(k: int):
+    """E[x^k] for x ~ N(0, 1), exactly (as an mpmath number)."""
+    return mpmath.mpf(0) if k % 2 else mpmath.fac2(k - 1) if k else mpmath.mpf(1)
+
+
+def _extend(old: list, added: int) -> list:
+    """Kronrod–Patterson extension of symmetric nodes ``old`` by ``added`` symmetric nodes: the roots
+    of the even monic polynomial p of degree ``added`` with E[p(x) x^k Π(x − old)] = 0 for every k
+    where the integrand is not odd (Genz and Keister, 1996)."""
+    pi = [mpmath.mpf(1)]  # coefficients of Π(x − old), lowest degree first
+    for o in old:
+        pi = [(pi[k - 1] if k else 0) - o * (pi[k] if k < len(pi) else 0) for k in range(len(pi) + 1)]
+
+    def expect(k, power):  # E[x^k · x^power · Π(x)]
+        return sum(c * _moment(k + power + j) for j, c in enumerate(pi))
+
+    half = added // 2
+    ks = [k for k in range(added) if (k + len(old)) % 2 == 0][:half]
+    a = mpmath.lu_solve(
+        mpmath.matrix([[expect(k, 2 * j) for j in range(half)] for k in ks]),
+        mpmath.matrix([-expect(k, added) for k in ks]),
+    )
+    # roots of x^added + Σ a_j x^(2j) as a polynomial in y = x²
+    ys = mpmath.polyroots([1] + [a[j] for j in reversed(range(half))], maxsteps=200, extraprec=200)
+    new = [mpmath.sqrt(mpmath.re(y)) for y in ys]
+    return sorted(old + new + [-x for x in new])
+
+
+@lru_cache
+def nested_rule(level: int) -> tuple[np.ndarray, np.ndarray]:
+    """The nested (Genz–Keister) univariate rule of a level, exact to degree 2·level − 1 for N(0, 1).
+
+    The sequence extends {0} by Kronrod–Patterson steps to 3, 9 and 19 nodes; Heiss and Winschel
+    (2008) use between them the 7- and 17-node rules that leave out the middle pair of the nodes the
+    next step adds. Weights are interpolatory (they integrate x^k exactly for k below the number of
+    nodes), computed at 60 digits.
+    """
+    with mpmath.workdps(60):
+        rules = {1: [mpmath.mpf(0)]}
+        rules[3] = _extend(rules[1], 2)
+        rules[9] = _extend(rules[3], 6)
+        rules[19] = _extend(rules[9], 10)
+        for small, large, before in ((7, 9, 3), (17, 19, 9)):
+            added = sorted(x for x in rules[large] if x > 0 and all(abs(x - o) > 1e-30 for o in rules[before]))
+            middle = added[len(added) // 2]
+            rules[small] = [x for x in rules[large] if abs(abs(x) - middle) > 1e-30]
+        size = {1: 1, 2: 3, 3: 3, 4: 7}.get(level, 9 if level <= 8 else 17 if level == 9 else 19)
+        nodes = rules[size]
+        vandermonde = mpmath.matrix([[x**k for x in nodes] for k in range(size)])
+        weights = mpmath.lu_solve(vandermonde, mpmath.matrix([_moment(k) for k in range(size)]))
+        return np.array([float(x) for x in nodes]), np.array([float(w) for w in weights])
+
+
+def _univariate(level: int, nested: bool) -> tuple[np.ndarray, np.ndarray]:
+    return nested_rule(level) if nested else _hermite(level)
+
+
+def product_rule(dimension: int, points: int, nested: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    x, w = _univariate(points, nested)
     nodes = np.array(list(itertools.product(x, repeat=dimension)))
     weights = np.prod(np.array(list(itertools.product(w, repeat=dimension))), axis=1)
     return nodes, weights
 
 
-def sparse_grid(dimension: int, level: int) -> tuple[np.ndarray, np.ndarray]:
-    """Smolyak combination of Gauss–Hermite rules with 1, 3, 5, ... points (exact for
-    polynomials of total degree 2·level − 1)."""
+def sparse_grid(dimension: int, level: int, nested: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Smolyak combination of the univariate rules of levels 1, 2, ... (Gauss–Hermite with that
+    many points, or the nested rules), exact for polynomials of total degree 2·level − 1."""
     acc: dict[tuple, float] = {}
     q = level + dimension - 1
     for total in range(max(dimension, q - dimension + 1), q + 1):
@@ -97,9 +166,9 @@ def sparse_grid(dimension: int, level: int) -> tuple[np.ndarray, np.ndarray]:
         for levels in itertools.product(range(1, total + 1), repeat=dimension):
             if sum(levels) != total:
                 continue
-            rules = [_hermite(2 * k - 1) for k in levels]
+            rules = [_univariate(k, nested) for k in levels]
             for combo in itertools.product(*[range(len(r[0])) for r in rules]):
-                node = tuple(round(float(rules[d][0][i]), 12) for d, i in enumerate(combo))
+                node = tuple(round(float(rules[d][0][i]), 12) + 0.0 for d, i in enumerate(combo))
                 weight = coef * np.prod([rules[d][1][i] for d, i in enumerate(combo)])
                 acc[node] = acc.get(node, 0.0) + weight
     nodes = np.array([k for k, v in acc.items() if abs(v) > 1e-15])
