@@ -1,7 +1,8 @@
 """Small simulated problems of every model family, with unequal markets, for the layout tests.
 
 Models: ``demand`` (random coefficients and a demographic), ``supply`` (+ a Bertrand–Nash supply
-side with log costs; the mean price coefficient is Π on a demographic column of ones), ``micro``
+side with log costs and firm fixed effects absorbed from them; the mean price coefficient is Π on a demographic
+column of ones), ``micro``
 (+ a first-choice survey of part of the markets and a second-choice survey), ``both`` (supply and
 micro), ``nested`` (RCNL) and ``formulas`` (formulas, prices × x in X1, a log-normal coefficient on −prices and a
 supply side with costs formulas). Markets have 2–8 products and 12 or 24 agents, so buckets differ.
@@ -74,6 +75,8 @@ def problem(model: str, seed: int = 3, T: int = 12, fixed: bool = False, **layou
             costs_type="log",
         )
         start = dict(sigma=SIGMA, pi=[[0.0, 0.0], [0.3, -2.0]])
+        if model == "supply":  # firm fixed effects absorbed from the cost equation
+            kw.update(costs=("x",), costs_absorb=("firm_ids",))
     else:
         kw = dict(linear=("1", "x", "prices"), nonlinear=("1", "prices"), demographics=("income",))
         start = dict(sigma=SIGMA, pi=[[0.0], [0.3]])

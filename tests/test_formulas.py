@@ -231,3 +231,59 @@ def test_absorbed_formulas_interacted_fixed_effects_match_pyblp():
     results = ours.solve(method="1s")
     _close(results.beta, theirs.beta, "beta")
     _close(results.beta_se, theirs.beta_se, "beta SE", rtol=1e-6)
+
+
+def test_supply_fixed_effects_match_pyblp():
+    """Fixed effects absorbed from the cost equation (PyBLP's absorb in the X3 formulation; the intercept drops out):
+    objective, β, γ and their SEs, ω and costs at the same parameters, linear and log costs; the column form equals
+    the formula form."""
+    pyblp, products, agents = nevo_data(12)
+    agents["one"] = 1.0
+    for k in range(3):
+        products[f"supply_instruments{k}"] = products[f"demand_instruments{k}"]
+    sigma, pi = np.array([[1.0]]), np.array([[-30.0, 1.0]])  # markups below prices: log costs defined
+    for costs_type in ("linear", "log"):
+        theirs = pyblp.Problem(
+            (
+                pyblp.Formulation("1 + sugar + mushy"),
+                pyblp.Formulation("0 + prices"),
+                pyblp.Formulation("0 + sugar", absorb="C(firm_ids) + C(market_ids)"),
+            ),
+            products,
+            pyblp.Formulation("0 + one + income"),
+            agents,
+            costs_type=costs_type,
+        )
+        fixed = theirs.solve(sigma, pi, method="1s", optimization=pyblp.Optimization("return"))
+        for costs, costs_absorb in (
+            ("1 + sugar", "C(firm_ids) + C(market_ids)"),
+            (("sugar",), ("firm_ids", "market_ids")),
+        ):
+            ours = blpjax.Problem(
+                products,
+                linear="1 + sugar + mushy",
+                nonlinear="0 + prices",
+                costs=costs,
+                costs_absorb=costs_absorb,
+                costs_type=costs_type,
+                agent_data=agents,
+                demographics="0 + one + income",
+            )
+            results = ours.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
+            _close(results.objective, fixed.objective, f"objective ({costs_type})")
+            _close(results.beta, fixed.beta, "beta")
+            _close(results.gamma, fixed.gamma, f"gamma ({costs_type})")
+            _close(results.gamma_se, fixed.gamma_se, "gamma SE")
+            _close(results.beta_se, fixed.beta_se, "beta SE")
+            _close(results.omega, fixed.omega, f"omega ({costs_type})")
+            _close(results.compute_costs(), fixed.compute_costs(), "costs")
+    with pytest.raises(blpjax.BLPSpecificationError, match="constant '1' in X3 is absorbed"):
+        blpjax.Problem(
+            products,
+            "1 + sugar",
+            "0 + prices",
+            costs=("1", "sugar"),
+            costs_absorb=("firm_ids",),
+            agent_data=agents,
+            demographics="0 + one + income",
+        )

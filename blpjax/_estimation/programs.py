@@ -70,9 +70,11 @@ class ProductArrays(eqx.Module):
     ZX: Float[Array, "M K"]  # Z'X/N of the stacked (demand, supply) linear IV problem
     X3: Float[Array, "T J K3"] | None
     ZS: Float[Array, "T J MS"] | None
+    supply_fe_ids: Int[Array, "T J FS"] | None
     N: int = eqx.field(static=True)
     fe_sizes: tuple[int, ...] = eqx.field(static=True)
     n_clusters: int = eqx.field(static=True)
+    supply_fe_sizes: tuple[int, ...] = eqx.field(static=True, default=())
 
     @classmethod
     def build(cls, setup: Setup, products: Products) -> ProductArrays:
@@ -87,9 +89,11 @@ class ProductArrays(eqx.Module):
             jnp.asarray(setup.ZX_all(host=True)),
             None if sup is None else sup.X3,
             None if sup is None else sup.ZS,
+            None if sup is None else sup.fe_ids,
             setup.N,
             setup.fe_sizes,
             products.n_clusters,
+            () if sup is None else sup.fe_sizes,
         )
 
 
@@ -154,7 +158,12 @@ def step_statistics(
     blocks = [(xi, products.Z)]
     if products.X3 is not None:
         gamma = coefficients[K1:]
-        omega = jnp.where(mask, aux.transformed - products.X3 @ gamma, 0.0)
+        transformed = aux.transformed
+        if products.supply_fe_sizes:  # f(c) within the cost equation's fixed effects (X3 is absorbed already)
+            transformed = absorb_columns(
+                transformed[..., None], products.supply_fe_ids, mask, products.supply_fe_sizes
+            )[..., 0]
+        omega = jnp.where(mask, transformed - products.X3 @ gamma, 0.0)
         blocks.append((omega, products.ZS))
     base = _without_second(sums)
     if x.shape[0]:

@@ -39,6 +39,7 @@ class Specification:
     costs_type: str = "linear"
     zs_names: tuple[str, ...] = ()
     rho_by_nest: bool = False
+    costs_absorb: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

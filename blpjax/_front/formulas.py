@@ -249,6 +249,7 @@ class Expanded:
     absorb: tuple[str, ...]
     demographics: tuple[str, ...]
     price_derivatives: dict | None
+    costs_absorb: tuple[str, ...]
     endogenous: tuple[str, ...]  # X1 columns of formulas that read prices
     price_terms: tuple[Terms, Terms] | None  # X1, X2 as functions of the inputs (None: no formula)
     cost_terms: Terms | None  # X3 as a function of the inputs (None: no formula)
@@ -325,10 +326,11 @@ def expand(
     absorb,
     demographics,
     price_derivatives: dict | None,
+    costs_absorb=(),
 ) -> Expanded | None:
     """Evaluate the formulas among the specification's arguments (``None`` when every one is a column tuple)."""
     arguments = {"linear": linear, "nonlinear": nonlinear, "costs": costs, "absorb": absorb}
-    if not any(is_formula(v) for v in (*arguments.values(), demographics)):
+    if not any(is_formula(v) for v in (*arguments.values(), demographics, costs_absorb)):
         return None
     if not isinstance(product_data, pd.DataFrame):
         raise BLPDataError("product_data must be a pandas DataFrame with PyBLP's column names.")
@@ -337,10 +339,15 @@ def expand(
     if is_formula(absorb):
         absorbed, extra = _absorb_columns(absorb, data)
         data = _with_columns(data, extra)
+    costs_absorbed: tuple[str, ...] = tuple(costs_absorb) if not is_formula(costs_absorb) else ()
+    if is_formula(costs_absorb):
+        costs_absorbed, extra = _absorb_columns(costs_absorb, data)
+        data = _with_columns(data, extra)
     designs: dict[str, Design | None] = {}
     for role, value in (("linear", linear), ("nonlinear", nonlinear), ("costs", costs)):
         if is_formula(value):
-            designs[role] = parse(value, data, "product_data", intercept=not (role == "linear" and absorbed))
+            absorbing = absorbed if role == "linear" else costs_absorbed if role == "costs" else ()
+            designs[role] = parse(value, data, "product_data", intercept=not absorbing)
         elif value is None or len(tuple(value)) == 0:
             designs[role] = None
         else:
@@ -406,6 +413,7 @@ def expand(
         absorb=absorbed,
         demographics=demo,
         price_derivatives=derivatives or None,
+        costs_absorb=costs_absorbed,
         endogenous=tuple(endogenous),
         price_terms=(terms[0], terms[1]) if moving else None,
         cost_terms=terms[2] if is_formula(costs) else None,

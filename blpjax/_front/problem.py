@@ -72,6 +72,8 @@ class Problem:
             a Bertrand–Nash supply side: needs ``firm_ids`` and ``supply_instruments0``..; the X3
             columns are their own instruments. Prices must enter utility through X2 only.
         costs_type: ``"linear"`` (c = X3γ + ω) or ``"log"`` (log c = X3γ + ω).
+        costs_absorb: columns (or a formula such as ``"C(firm_ids)"``) whose fixed effects are absorbed from the
+            cost equation, as PyBLP's ``absorb`` in the X3 formulation: f(c) = X3γ + FE + ω.
         price_derivatives: ∂column/∂price of X1/X2 columns other than ``prices`` (a number, or a
             column name for interactions), e.g. ``{"neg_prices": -1}`` for a column of −prices. Used by
             the supply side and by every price counterfactual (costs, markups, equilibrium prices). An X1
@@ -107,6 +109,7 @@ class Problem:
         price_derivatives: dict | None = None,
         endogenous: Sequence[str] = (),
         rc_types: Sequence[str] | None = None,
+        costs_absorb: Sequence[str] | str = (),
         devices=None,
         buckets: int | str | None = None,
         market_batch_size: int | None = None,
@@ -115,12 +118,15 @@ class Problem:
         arguments = {"linear": linear, "nonlinear": nonlinear, "costs": costs, "absorb": absorb}
         arguments.update(demographics=demographics)
         self.formulas = {k: v for k, v in arguments.items() if is_formula(v)}
-        self.expanded = expand(product_data, agent_data, *arguments.values(), price_derivatives)
+        self.expanded = expand(product_data, agent_data, *arguments.values(), price_derivatives, costs_absorb)
         if self.expanded is not None:  # formulas evaluated: their columns added to the data, by name
             e = self.expanded
             product_data, agent_data, price_derivatives = e.product_data, e.agent_data, e.price_derivatives
             linear, nonlinear, costs, absorb, demographics = e.linear, e.nonlinear, e.costs, e.absorb, e.demographics
-            endogenous = e.with_endogenous(endogenous)
+            endogenous, costs_absorb = e.with_endogenous(endogenous), e.costs_absorb
+        self.costs_absorb = tuple(costs_absorb)
+        if self.costs_absorb and not costs:
+            raise BLPSpecificationError("costs_absorb absorbs fixed effects from the cost equation: give costs= too.")
         self.linear, self.nonlinear = tuple(linear), tuple(nonlinear)
         self.absorb, self.demographics = tuple(absorb), tuple(demographics)
         self.rho_by_nest = rho_by_nest
@@ -149,7 +155,7 @@ class Problem:
         if self.costs:
             share_columns = () if self.cost_terms is None else self.cost_terms.names
             arrays = build_supply_arrays(
-                product_data, self.index, self.costs, costs_type, price_derivatives, share_columns
+                product_data, self.index, self.costs, costs_type, price_derivatives, share_columns, self.costs_absorb
             )
             self.zs_names = arrays["zs_names"]
             supply = build_supply_setup(self.products, arrays, costs_type)
@@ -163,6 +169,7 @@ class Problem:
             costs_type,
             self.zs_names if self.costs else (),
             rho_by_nest,
+            self.costs_absorb,
         )
         self.scale = ScaleOut(devices, buckets, market_batch_size)  # validated here, before any numerics
         self._layout_cache: dict = {}  # (scale, micro) -> the layout and its prepared arrays

@@ -9,7 +9,7 @@ import pandas as pd
 
 from .._base.errors import BLPDataError, BLPDataWarning, BLPSpecificationError
 from .._supply.bertrand import COSTS_TYPES
-from .data import CONSTANT, ENDOGENOUS, ProductIndex, _columns_by_prefix, _numeric, _rank_check, _require
+from .data import CONSTANT, ENDOGENOUS, ProductIndex, _codes, _columns_by_prefix, _numeric, _rank_check, _require
 
 
 def build_supply_arrays(
@@ -19,8 +19,13 @@ def build_supply_arrays(
     costs_type: str,
     price_derivatives: dict | None,
     share_columns: tuple[str, ...] = (),
+    absorb: tuple[str, ...] = (),
 ) -> dict[str, np.ndarray]:
     """Validate the supply side and build its padded arrays: X3, Z_S and ∂X2/∂p.
+
+    ``absorb``: columns of ids whose fixed effects are absorbed from the cost equation (PyBLP's ``absorb`` in the
+    X3 formulation): X3 and Z_S are returned absorbed (within those groups), with the padded codes (``fe_ids``,
+    ``fe_sizes``) that absorb f(c) in the statistics.
 
     Z_S holds the X3 columns (exogenous cost shifters) followed by ``supply_instruments0``, ...; X3 columns that
     depend on shares (``share_columns``, and a column named ``shares``) are endogenous and left out, as in PyBLP.
@@ -32,7 +37,7 @@ def build_supply_arrays(
     df = product_data.reset_index(drop=True)
     if costs_type not in COSTS_TYPES:
         raise BLPSpecificationError(f"costs_type must be one of {COSTS_TYPES}, not {costs_type!r}.")
-    _require(df, ["prices", "firm_ids", *[c for c in x3 if c != CONSTANT]], frame)
+    _require(df, ["prices", "firm_ids", *[c for c in x3 if c != CONSTANT], *absorb], frame)
     if df["firm_ids"].isna().any():
         raise BLPDataError("product_data column 'firm_ids' has missing values: every product needs a firm.")
     if "prices" in x3:
@@ -66,14 +71,42 @@ def build_supply_arrays(
             f"depending on shares (endogenous), but only {ZS.shape[1]} instrument(s) {list(zs_names)}. Add "
             "supply_instruments0, ... columns."
         )
-    _rank_check(X3, list(x3), "cost characteristics in X3", ". Drop one of them")
-    _rank_check(ZS, list(zs_names), "supply instruments", ". Drop the redundant instrument")
+    fe_ids, fe_sizes, hint = index.padded(np.zeros((len(df), 0))).astype(np.int64), (), ""
+    if absorb:
+        if CONSTANT in x3:
+            raise BLPSpecificationError(
+                f"collinear cost characteristics: the constant '1' in X3 is absorbed by the fixed effects "
+                f"{list(absorb)}. Drop it (a costs formula: start it with '0 +')."
+            )
+        fe_ids, fe_sizes, X3, ZS = absorbed_columns(df, index, absorb, X3, ZS, frame=frame)
+        hint = f" after absorbing {list(absorb)} (a characteristic constant within a fixed effect is absorbed by it)"
+    _rank_check(X3, list(x3), "cost characteristics in X3", hint + ". Drop one of them")
+    _rank_check(ZS, list(zs_names), "supply instruments", hint + ". Drop the redundant instrument")
     return {
         "X3": index.padded(X3),
         "ZS": index.padded(ZS),
         "dX2": index.padded(dX2),
         "zs_names": zs_names,
+        "fe_ids": fe_ids,
+        "fe_sizes": fe_sizes,
     }
+
+
+def absorbed_columns(df: pd.DataFrame, index: ProductIndex, absorb, *columns: np.ndarray, frame: str = "product_data"):
+    """(padded fixed-effect codes, their sizes, each (N, K) array of ``columns`` absorbed within them)."""
+    from .._engine.setup import absorb_columns
+
+    codes, sizes = [], []
+    for c in absorb:
+        if df[c].isna().any():
+            raise BLPDataError(f"{frame} column '{c}' (absorbed fixed effect) has missing values.")
+        k, uniques = _codes(df[c])
+        codes.append(k)
+        sizes.append(len(uniques))
+    fe_ids = index.padded(np.column_stack(codes)).astype(np.int64)
+    widths = [a.shape[1] for a in columns]
+    stacked = absorb_columns(index.padded(np.column_stack(columns)), fe_ids, index.rows >= 0, tuple(sizes), xp=np)
+    return (fe_ids, tuple(sizes), *np.split(index.flat(stacked), np.cumsum(widths)[:-1], axis=1))
 
 
 def price_derivative_arrays(

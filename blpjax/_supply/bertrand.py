@@ -48,6 +48,10 @@ class SupplySetup(eqx.Module):
     ZX3: Float[Array, "MS K3"]  # Z_S'X3/N
     costs_type: str = eqx.field(static=True)
     costs_bounds: tuple[float, float] = eqx.field(static=True, default=(-jnp.inf, jnp.inf))
+    # fixed effects absorbed from the cost equation: X3 and Z_S above are absorbed within them, f(c) is absorbed in
+    # the statistics (Z̃_S'f(c) = Z_S'M f(c), so the moments need no absorption per θ)
+    fe_ids: Int[Array, "T J FS"] | None = None
+    fe_sizes: tuple[int, ...] = eqx.field(static=True, default=())
 
     @property
     def MS(self) -> int:
@@ -70,7 +74,9 @@ def build_supply_setup(products, arrays: dict, costs_type: str) -> SupplySetup:
         firm_membership(products.firm_ids, products.mask),
     )
     ZX3 = jnp.einsum("tjm,tjk->mk", ZS, X3) / products.n_products
-    return SupplySetup(market, X3, ZS, ZX3, costs_type)
+    sizes = tuple(arrays.get("fe_sizes", ()))
+    fe_ids = jnp.asarray(arrays["fe_ids"]) if sizes else None
+    return SupplySetup(market, X3, ZS, ZX3, costs_type, fe_ids=fe_ids, fe_sizes=sizes)
 
 
 def firm_membership(firm_ids, mask) -> Bool[Array, "T J F"]:
