@@ -4,8 +4,8 @@ Models: ``demand`` (random coefficients and a demographic), ``supply`` (+ a Bert
 side with log costs and firm fixed effects absorbed from them; the mean price coefficient is Π on a demographic
 column of ones), ``micro``
 (+ a first-choice survey of part of the markets and a second-choice survey), ``both`` (supply and
-micro), ``nested`` (RCNL) and ``formulas`` (formulas, prices × x in X1, a log-normal coefficient on −prices and a
-supply side with costs formulas). Markets have 2–8 products and 12 or 24 agents, so buckets differ.
+micro), ``nested`` (RCNL) and ``formulas`` (formulas, prices × x in X1 with its
+coefficient optimised with θ, a log-normal coefficient on −prices and a supply side with a costs formula). Markets have 2–8 products and 12 or 24 agents, so buckets differ.
 """
 
 from __future__ import annotations
@@ -88,8 +88,10 @@ def problem(model: str, seed: int = 3, T: int = 12, fixed: bool = False, **layou
             nonlinear="1 + I(-prices)",
             rc_types=("linear", "log"),
             demographics="0 + income + one",
+            costs="1 + x",
         )
-        start = dict(sigma=SIGMA, pi=[[0.0, 0.0], [0.3, 0.5]])
+        # the coefficient on prices:x in X1 moves markups: optimised with θ (not concentrated out)
+        start = dict(sigma=SIGMA, pi=[[0.0, 0.0], [0.3, 0.5]], beta=[np.nan, np.nan, -0.2])
     p = blpjax.Problem(products, agent_data=agents, **kw, **layout)
     micro = micro_moments(T) if model in ("micro", "both") else None
     return p, start, micro

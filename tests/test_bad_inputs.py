@@ -252,7 +252,12 @@ CASES = [
     # --- supply side ----------------------------------------------------------------------------------
     ("unknown costs_type", lambda: supply_problem(costs_type="quadratic"), S, "costs_type"),
     ("supply without firm ids", lambda: _no_firms(), E, "firm_ids"),
-    ("prices in X1 with a supply side", lambda: supply_problem(linear=("1", "prices")), S, "mean price coefficient"),
+    (
+        "prices in X1 with a supply side, concentrated out",
+        lambda: supply_problem(linear=("1", "prices")).solve(np.eye(2), [[0.0, 0.0], [0.1, -1.0]]),
+        S,
+        r"coefficients of \['prices'\].*beta=",
+    ),
     ("no prices in X2 with a supply side", lambda: supply_problem(nonlinear=("1", "x")), S, "prices must enter"),
     ("price derivative of an unknown column", lambda: supply_problem(price_derivatives={"q": 1}), S, r"\['q'\]"),
     ("prices among the cost shifters", lambda: supply_problem(costs=("1", "prices")), S, "cost characteristic"),

@@ -48,7 +48,7 @@ def at_fixed_theta(model: str, seed: int = 3, **layout) -> dict:
     spec = problem.parameter_spec(**start)
     engine = problem.engine(spec, blpjax.ContractionConfig(), micro=micro)
     MW = problem.setup.M + (0 if micro is None else micro.MM)
-    conc = Concentration.build_host(problem.setup.ZX_all(host=True), np.eye(MW))
+    conc = engine.concentration(np.eye(MW))
     x = jnp.asarray(spec.x0)
     q, g, ev, _ = engine.value_and_grad(x, problem.logit_delta(), conc)
     stats = engine.statistics(x, ev.delta, conc, StatisticsOptions())

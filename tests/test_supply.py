@@ -171,8 +171,9 @@ def test_supply_errors_teach():
     products, agents = _subset()
     bj_products, bj_agents = petrin.blpjax_data(products, agents)
     common = dict(agent_data=bj_agents, demographics=petrin.DEMOGRAPHICS, costs=petrin.X3)
-    with pytest.raises(BLPSpecificationError, match="mean price coefficient"):
-        blpjax.Problem(bj_products, linear=("1", "prices"), nonlinear=petrin.X2, **common)
+    in_x1 = blpjax.Problem(bj_products, linear=("1", "prices"), nonlinear=petrin.X2, **common)
+    with pytest.raises(BLPSpecificationError, match=r"coefficients of \['prices'\].*solve\(beta="):
+        in_x1.solve(petrin.SIGMA, petrin.PI)
     with pytest.raises(BLPSpecificationError, match="prices must enter utility"):
         blpjax.Problem(bj_products, linear=petrin.X1, nonlinear=petrin.X2, **common)
     with pytest.raises(blpjax.BLPDataError, match="firm_ids"):

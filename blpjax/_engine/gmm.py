@@ -73,32 +73,55 @@ def check_weighting_matrix(W, size: int, what: str = "W") -> np.ndarray:
 
 
 class Concentration(eqx.Module):
-    """Precomputed maps for one weighting matrix W."""
+    """Precomputed maps for one weighting matrix W.
+
+    With some linear parameters b_f not concentrated out (fixed, or optimised with θ: ``Theta.linear``), the moments
+    are those of ḡ_δ − (Z'X/N) b_f: :meth:`residual` subtracts them, and B and C concentrate out the other columns only
+    (B's rows of the others are zero).
+    """
 
     W: Float[Array, "M M"]
     B: Float[Array, "K1 M"]  # β = B ḡ_δ with ḡ_δ = Z̃'δ/N
     C: Float[Array, "M M"]  # ḡ = C ḡ_δ
+    ZX: Float[Array, "M K1"] | None = None  # Z'X/N, kept when some columns are not concentrated out
 
     @classmethod
-    def build(cls, ZX: Float[Array, "M K1"], W: Float[Array, "MW MW"], N: int | None = None, xp=jnp) -> Concentration:
+    def build(
+        cls, ZX: Float[Array, "M K1"], W: Float[Array, "MW MW"], N: int | None = None, xp=jnp, concentrated=None
+    ) -> Concentration:
         """Maps for W; with micro moments W is larger than M×M and β uses its product block (as PyBLP).
 
+        ``concentrated``: per column of ``ZX``, whether its parameter is concentrated out (default: all).
         ``xp=numpy`` computes them on the host (see :meth:`build_host`); the default is traceable.
         """
         M, K1 = ZX.shape
+        keep = np.ones(K1, bool) if concentrated is None else np.asarray(concentrated, bool)
         WD = W[:M, :M]
-        if K1:
-            B = xp.linalg.solve(ZX.T @ WD @ ZX, ZX.T @ WD)
-            C = xp.eye(M) - ZX @ B
+        if keep.any():
+            Zc = ZX[:, np.flatnonzero(keep)]
+            Bc = xp.linalg.solve(Zc.T @ WD @ Zc, Zc.T @ WD)
+            C = xp.eye(M) - Zc @ Bc
+            B = np.eye(K1)[:, keep] @ Bc  # zero rows for the parameters not concentrated out
         else:
-            B = xp.zeros((0, M))
+            B = xp.zeros((K1, M))
             C = xp.eye(M)
-        return cls(jnp.asarray(W), jnp.asarray(B), jnp.asarray(C))
+        return cls(jnp.asarray(W), jnp.asarray(B), jnp.asarray(C), None if keep.all() else jnp.asarray(ZX))
 
     @classmethod
-    def build_host(cls, ZX, W) -> Concentration:
+    def build_host(cls, ZX, W, concentrated=None) -> Concentration:
         """:meth:`build` in NumPy, for the host side of a solve (no XLA program to compile per shape)."""
-        return cls.build(np.asarray(ZX, np.float64), np.asarray(W, np.float64), xp=np)
+        return cls.build(np.asarray(ZX, np.float64), np.asarray(W, np.float64), xp=np, concentrated=concentrated)
+
+    def residual(self, g_delta: Float[Array, " M"], linear: Float[Array, " K1"] | None) -> Float[Array, " M"]:
+        """ḡ_δ less the moments of the linear parameters that are not concentrated out."""
+        if linear is None or self.ZX is None:
+            return g_delta
+        return g_delta - self.ZX @ linear
+
+    def coefficients(self, g_delta, linear) -> Float[Array, " K1"]:
+        """(β, γ): the concentrated ones from the residual moments, the others as given."""
+        b = self.B @ self.residual(g_delta, linear)
+        return b if linear is None or self.ZX is None else b + linear
 
 
 def instrument_moments(Z: Float[Array, "T J M"], v: Float[Array, "T J"], mask: Bool[Array, "T J"], N: int):

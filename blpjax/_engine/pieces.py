@@ -341,14 +341,14 @@ class Reduced(eqx.Module):
     g_micro: Float[Array, " MM"] | None
 
 
-def reduce(sums: Pieces, conc: Concentration, N: int, micro: MicroSetup | None) -> tuple[Array, Reduced]:
+def reduce(sums: Pieces, conc: Concentration, N: int, micro: MicroSetup | None, linear=None) -> tuple[Array, Reduced]:
     """q = N ḡ'Wḡ from the summed pieces, with β (and γ) concentrated out.
 
     ḡ stacks C ḡ_δ (residualised first, so that a small q is not lost to cancellation) and the
-    micro moments.
+    micro moments. ``linear``: ``Theta.linear`` (the linear parameters not concentrated out), or None.
     """
     g_delta = product_moments(sums, N)
-    g = conc.C @ g_delta
+    g = conc.C @ conc.residual(g_delta, linear)
     g_micro = None
     if micro is not None:
         g_micro = micro_moments(sums, micro)

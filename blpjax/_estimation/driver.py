@@ -180,9 +180,7 @@ def warn_ill_conditioned(stats: Statistics, step: int) -> None:
 
 
 def _concentration(engine: Engine, W, host: bool) -> Concentration:
-    if host:
-        return Concentration.build_host(gather(engine.products.ZX), gather(W))
-    return Concentration.build(engine.products.ZX, W)
+    return engine.concentration(W, host)
 
 
 def initial_update(
@@ -237,7 +235,7 @@ def run_steps(
         # program (tracing is Python on one core; XLA compiles without the GIL)
         first = StatisticsOptions(se_type, W_type, se_type == "unadjusted" and not (W is None and MM))
         MW = engine.products.ZX.shape[0] + MM
-        conc0 = Concentration.build_host(gather(engine.products.ZX), np.eye(MW))
+        conc0 = engine.concentration(np.eye(MW))
         future = engine.precompile_statistics(np.asarray(x0, np.float64), delta0, conc0, first)
         if future is not None:
             pending.append(future)

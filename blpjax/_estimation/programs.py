@@ -142,18 +142,23 @@ def _stacked_moments(sums: Pieces, N: int, micro: MicroSetup | None):
 
 
 def step_statistics(
-    x, delta, sums: Pieces, jac: Pieces, aux, conc: Concentration, products: ProductArrays, micro, options
+    x, delta, sums: Pieces, jac: Pieces, aux, conc: Concentration, products: ProductArrays, micro, options, spec=None
 ) -> Statistics:
-    """The statistics of a step from the layout's sums at the estimate, their Jacobian and (T, J) arrays."""
+    """The statistics of a step from the layout's sums at the estimate, their Jacobian and (T, J) arrays.
+
+    Standard errors and covariances are of (θ, β, γ) whichever linear parameters were concentrated out or optimised
+    with θ (the same GMM sandwich); parameters fixed by the user get zero rows and columns.
+    """
     N, mask = products.N, products.mask
     K1 = products.X1.shape[-1]
+    linear = spec.unpack(x).linear if spec is not None and spec.has_linear else None
     g_delta = product_moments(sums, N)
-    coefficients = conc.B @ g_delta  # (β, γ)
+    coefficients = conc.coefficients(g_delta, linear)  # (β, γ)
     beta = coefficients[:K1]
     delta_t = absorb_columns(delta[..., None], products.fe_ids, mask, products.fe_sizes)[..., 0]
     xi = jnp.where(mask, delta_t - products.X1 @ beta, 0.0)
     fe = jnp.where(mask, delta - products.X1_raw @ beta - xi, 0.0)
-    moments = conc.C @ g_delta
+    moments = conc.C @ conc.residual(g_delta, linear)
     gamma = omega = None
     blocks = [(xi, products.Z)]
     if products.X3 is not None:
@@ -175,6 +180,19 @@ def step_statistics(
     ZX = products.ZX
     if micro is not None:
         ZX = jnp.concatenate([ZX, jnp.zeros((micro.MM, ZX.shape[1]))])
+    estimated = None
+    if linear is not None:
+        # columns (θ, β, γ): θ's from the pieces; a linear parameter optimised with θ adds its pieces' column (the
+        # supply side reads it) to −Z'X/N; a fixed one is not estimated (dropped, zero in the covariances)
+        P_theta, free = spec.P_theta, np.asarray(spec.linear_free, np.int64)
+        through_pieces = jnp.zeros_like(ZX)
+        if free.size:
+            through_pieces = through_pieces.at[:, free].set(G_theta[:, P_theta:])
+        G_theta = G_theta[:, :P_theta]
+        ZX = ZX - through_pieces
+        fixed = ~spec.concentrated
+        fixed[free] = False
+        estimated = np.r_[np.ones(P_theta, bool), ~fixed]
     G = jnp.concatenate([G_theta, -ZX], axis=1)
     args = (mask, N)
     S_w = stacked_moment_covariances(blocks, *args, options.W_type, products.cluster_ids, products.n_clusters)
@@ -192,7 +210,12 @@ def step_statistics(
         S = jax.scipy.linalg.block_diag(S, N * micro_cov)
     updated_W = symmetric_inverse(S_w)
     W_cov = symmetric_inverse(S) if options.unadjusted_first else conc.W
-    cov, bread_condition = parameter_covariances(G, W_cov, S, robust=options.se_type != "unadjusted")
+    if estimated is None:
+        cov, bread_condition = parameter_covariances(G, W_cov, S, robust=options.se_type != "unadjusted")
+    else:
+        keep = np.flatnonzero(estimated)
+        sub, bread_condition = parameter_covariances(G[:, keep], W_cov, S, robust=options.se_type != "unadjusted")
+        cov = jnp.zeros((G.shape[1], G.shape[1])).at[np.ix_(keep, keep)].set(sub)
     se = jnp.sqrt(jnp.diag(cov) / N)
     has_supply = products.X3 is not None
     return Statistics(
@@ -215,30 +238,38 @@ def step_statistics(
 
 
 # --- the programs (module level: compiled once per layout, parameter structure and settings) ---------------
-def _lam(conc, N, micro):
-    return lambda sums: jax.grad(lambda s: reduce(s, conc, N, micro)[0])(sums)
+def _lam(conc, N, micro, linear):
+    return lambda sums: jax.grad(lambda s: reduce(s, conc, N, micro, linear)[0])(sums)
+
+
+def _linear(work: Work, x):
+    """``Theta.linear`` at x: the linear parameters that are fixed or optimised with θ (None: all concentrated out)."""
+    return work.spec.unpack(x).linear if work.spec.has_linear else None
 
 
 def _value_and_grad_body(layout: Layout, work: Work, x, delta0, conc, ldata, micro, N: int):
+    linear = _linear(work, x)
     if isinstance(layout, Sharded):
-        sums, grad, ev = layout.forward_and_gradient(work, x, ldata, delta0, _lam(conc, N, micro))
+        sums, grad, ev = layout.forward_and_gradient(work, x, ldata, delta0, _lam(conc, N, micro, linear))
     else:
         sums, ev, pull = layout.forward(work, x, ldata, delta0)
-        grad = pull(_lam(conc, N, micro)(sums))
-    q, reduced = reduce(sums, conc, N, micro)
+        grad = pull(_lam(conc, N, micro, linear)(sums))
+    if work.spec.linear_free:  # q also depends on the linear parameters in x directly, through the moments
+        grad = grad + jax.grad(lambda y: reduce(sums, conc, N, micro, _linear(work, y))[0])(x)
+    q, reduced = reduce(sums, conc, N, micro, linear)
     return q, grad, ev, reduced
 
 
 def _value_body(layout: Layout, work: Work, x, delta0, conc, ldata, micro, N: int):
     sums, ev = layout.value(work, x, ldata, delta0)
-    q, reduced = reduce(sums, conc, N, micro)
+    q, reduced = reduce(sums, conc, N, micro, _linear(work, x))
     return q, (ev, reduced)
 
 
 def _statistics_body(layout: Layout, work: Work, options, x, delta, conc, ldata, micro, products):
     sums, jac, aux = layout.statistics(work, x, ldata, delta)
     delta = layout.markets_of(delta)  # a device mesh's δ carries padded markets
-    return step_statistics(x, delta, sums, jac, aux, conc, products, micro, options)
+    return step_statistics(x, delta, sums, jac, aux, conc, products, micro, options, work.spec)
 
 
 def _hessian_body(layout: Layout, work: Work, x, delta0, conc, ldata, micro, N: int):
@@ -308,6 +339,14 @@ class Engine(eqx.Module):
     @property
     def N(self) -> int:
         return self.products.N
+
+    def concentration(self, W, host: bool = True) -> Concentration:
+        """The maps that concentrate (β, γ) out for weighting matrix W (those the parameters leave to GMM)."""
+        spec = self.work.spec
+        concentrated = spec.concentrated if spec.has_linear else None
+        if host:
+            return Concentration.build_host(gather(self.products.ZX), gather(W), concentrated)
+        return Concentration.build(self.products.ZX, W, concentrated=concentrated)
 
     def _program(self, name: str):
         return _programs[self.layout.inline][name]

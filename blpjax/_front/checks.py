@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 
 from .._base import config
-from .._base.errors import BLPDataError, BLPDataWarning
+from .._base.errors import BLPDataError, BLPDataWarning, BLPSpecificationError
+from .._engine.gmm import SE_TYPES
+from .._inversion.contraction import ContractionConfig
 
 
 def check_agent_weights(weights: np.ndarray, t_codes: np.ndarray, market_ids: np.ndarray) -> None:
@@ -55,3 +57,15 @@ def check_agent_weights(weights: np.ndarray, t_codes: np.ndarray, market_ids: np
             BLPDataWarning,
             stacklevel=4,
         )
+
+
+def check_solve_options(contraction, se_type: str, W_type: str, has_clusters: bool) -> None:
+    """The options of a solve that are checked before any numerics."""
+    if contraction is not None and not isinstance(contraction, ContractionConfig):
+        raise BLPSpecificationError(
+            f"contraction must be a blpjax.ContractionConfig, not {type(contraction).__name__}."
+        )
+    if se_type not in SE_TYPES or W_type not in SE_TYPES:
+        raise BLPSpecificationError(f"se_type and W_type must be one of {SE_TYPES}, not {se_type!r} / {W_type!r}.")
+    if "clustered" in (se_type, W_type) and not has_clusters:
+        raise BLPSpecificationError("clustered standard errors need a 'clustering_ids' column in product_data.")

@@ -58,9 +58,8 @@ class Counterfactuals(PostEstimation):
         config = self.config if iteration is None else iteration
         if not isinstance(config, ContractionConfig):
             raise BLPSpecificationError("iteration must be a blpjax.ContractionConfig (the share inversion's).")
-        K = len(self.labels) - self.spec.P
-        lower = jnp.concatenate([jnp.asarray(self.spec.lower, jnp.float64), jnp.full(K, -jnp.inf)])
-        upper = jnp.concatenate([jnp.asarray(self.spec.upper, jnp.float64), jnp.full(K, jnp.inf)])
+        K = len(self.labels) - self.spec.P_theta
+        lower, upper = (jnp.asarray(b, jnp.float64) for b in self.spec.estimate_bounds(K))
         key = jax.random.key(np.random.SeedSequence(seed).generate_state(1)[0] if seed is None else seed)
         out = _bootstrap(
             fn,

@@ -120,6 +120,19 @@ class ProductIndex:
             )
         return array
 
+    def per_product(self, values, what: str) -> np.ndarray:
+        """Values per product row (a Series aligned by its index, or an array in row order) or already padded (T, J),
+        as padded (T, J)."""
+        if isinstance(values, pd.Series) or np.ndim(values) == 1:
+            return self.padded(self.aligned(values, what))
+        out = np.asarray(values, np.float64)
+        if out.shape != self.rows.shape:
+            raise BLPSpecificationError(
+                f"{what} must have one value per product row ({self.n_rows},) or the padded shape {self.rows.shape}, "
+                f"not {out.shape}."
+            )
+        return out
+
     def padded(self, values) -> np.ndarray:
         """(N, ...) in the caller's row order → (T, J, ...), zero on padding."""
         values = np.asarray(values, dtype=np.float64)

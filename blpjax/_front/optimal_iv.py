@@ -180,6 +180,11 @@ def compute_optimal_instruments(results, method: str = "approximate", expected_p
     delta_hat = jnp.where(setup.mask, final.delta - final.xi + beta_p * (prices_hat - prices), 0.0)
     price_column = problem.nonlinear.index("prices") if "prices" in problem.nonlinear else -1
     P = results.spec.P
+    if results.spec.linear_free:
+        raise BLPSpecificationError(
+            "optimal instruments with linear parameters optimised with θ (solve(beta=...) starting values) are not "
+            "supported yet: estimate with them concentrated out (NaN) or fixed (equal bounds) first."
+        )
     if P:
         shares, jac = _approximate_jacobian(
             results.spec, price_column, jnp.asarray(final.theta), delta_hat, prices_hat, setup

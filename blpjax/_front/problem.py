@@ -14,11 +14,11 @@ import scipy.linalg
 
 from .._base.config import check_x64
 from .._base.errors import BLPEstimationError, BLPSpecificationError
-from .._engine.gmm import SE_TYPES, Concentration, check_weighting_matrix, symmetric_inverse_host
+from .._engine.gmm import check_weighting_matrix, symmetric_inverse_host
 from .._engine.setup import Setup
 from .._estimation.driver import initial_update, run_steps
 from .._estimation.optimize import OptaxOptimizer, ScipyOptimizer
-from .._estimation.programs import Engine, gather
+from .._estimation.programs import Engine
 from .._inversion.contraction import ContractionConfig
 from .._layouts.scaleout import ScaleOut, make_layout
 from .._micro.core import MicroSetup
@@ -27,6 +27,7 @@ from .._model.logit import logit_delta
 from .._model.params import ParameterSpec, build_parameters, check_rc_types
 from .._supply.bertrand import build_supply_setup
 from .agent_data import build_agents
+from .checks import check_solve_options
 from .data import Specification, build_products
 from .formulas import expand, is_formula, padded_terms
 from .micro_data import MicroMoment, build_micro, market_views
@@ -34,7 +35,13 @@ from .objective import Objective
 from .results import Results
 from .starts import MultiStart, run_starts
 from .summary import format_problem
-from .supply_data import build_supply_arrays, endogenous_columns, price_derivative_arrays, warn_price_functions
+from .supply_data import (
+    build_supply_arrays,
+    check_price_coefficients,
+    endogenous_columns,
+    price_derivative_arrays,
+    warn_price_functions,
+)
 
 
 class _Prepared(NamedTuple):
@@ -220,9 +227,12 @@ class Problem:
         layout, ldata, _, reduction, products = cached
         return Engine.build(layout, spec, config, setup, self.products, micro, prepared=(ldata, reduction, products))
 
-    def parameter_spec(self, sigma=None, pi=None, rho=None, sigma_bounds=None, pi_bounds=None, rho_bounds=None):
-        """The free nonlinear parameters of this specification (a :class:`._params.ParameterSpec`)."""
-        return build_parameters(
+    def parameter_spec(
+        self, sigma=None, pi=None, rho=None, sigma_bounds=None, pi_bounds=None, rho_bounds=None, **linear
+    ):
+        """The free parameters of this specification (a :class:`._params.ParameterSpec`); ``linear``: ``beta``,
+        ``beta_bounds``, ``gamma``, ``gamma_bounds`` as :meth:`solve` takes them."""
+        spec = build_parameters(
             self.nonlinear,
             self.demographics,
             self.products.n_nests,
@@ -235,7 +245,13 @@ class Problem:
             self.rho_by_nest,
             list(self.index.nest_labels),
             self.rc_types,
+            self.linear,
+            self.costs,
+            **linear,
         )
+        if self.supply:
+            check_price_coefficients(spec, self.setup.supply.market.dX1, self.linear)
+        return spec
 
     @property
     def supply(self) -> bool:
@@ -262,34 +278,13 @@ class Problem:
         return jnp.asarray(logit_delta(np.asarray(self.products.shares), np.asarray(self.products.mask), xp=np))
 
     def _prepare(
-        self,
-        sigma,
-        pi,
-        rho,
-        *,
-        W,
-        se_type,
-        W_type,
-        contraction,
-        sigma_bounds,
-        pi_bounds,
-        rho_bounds,
-        delta,
-        micro_moments,
-        costs_bounds,
+        self, parameters: dict, *, W, se_type, W_type, contraction, delta, micro_moments, costs_bounds
     ) -> _Prepared:
         """What a solve and an :class:`Objective` share: checked options, the parameter structure, the micro
         moments, W (None: the initial update decides it), the starting δ and the engine (see :meth:`solve`)."""
         check_x64()
-        if contraction is not None and not isinstance(contraction, ContractionConfig):
-            raise BLPSpecificationError(
-                f"contraction must be a blpjax.ContractionConfig, not {type(contraction).__name__}."
-            )
-        if se_type not in SE_TYPES or W_type not in SE_TYPES:
-            raise BLPSpecificationError(f"se_type and W_type must be one of {SE_TYPES}, not {se_type!r} / {W_type!r}.")
-        if "clustered" in (se_type, W_type) and "clustering_ids" not in self.product_data.columns:
-            raise BLPSpecificationError("clustered standard errors need a 'clustering_ids' column in product_data.")
-        spec = self.parameter_spec(sigma, pi, rho, sigma_bounds, pi_bounds, rho_bounds)
+        check_solve_options(contraction, se_type, W_type, "clustering_ids" in self.product_data.columns)
+        spec = self.parameter_spec(**parameters)
         setup = self.setup
         if costs_bounds is not None:
             if setup.supply is None:
@@ -300,11 +295,13 @@ class Problem:
         K1, M = len(self.linear) + (setup.supply.K3 if setup.supply else 0), setup.M
         micro, micro_labels = (None, None) if not micro_moments else self.build_micro(micro_moments)
         MM = micro.MM if micro is not None else 0
+        if spec.has_linear:
+            K1 = int(spec.concentrated.sum())
         if M + MM < K1 + spec.P:
             raise BLPSpecificationError(
                 f"too few moments: {M} instruments (exogenous X1 columns + demand_instruments, and X3 columns + "
-                f"supply_instruments with a supply side) for {K1} linear and "
-                f"{spec.P} nonlinear parameters. Add excluded instruments (demand_instruments*)."
+                f"supply_instruments with a supply side) for {K1} concentrated linear and "
+                f"{spec.P} other parameters. Add excluded instruments (demand_instruments*)."
             )
         # host-side set-up in NumPy: small matrices, and no XLA program to compile per shape
         ZD = np.asarray(setup.Z).reshape(-1, setup.Z.shape[-1])
@@ -316,17 +313,7 @@ class Problem:
             W = None if micro is not None else W_2sls
         else:
             W = check_weighting_matrix(W, M + MM)
-        if delta is None:
-            delta0 = self.logit_delta()
-        elif isinstance(delta, pd.Series) or np.ndim(delta) == 1:  # per product row (a Series by its index)
-            delta0 = jnp.asarray(self.index.padded(self.index.aligned(delta, "delta")))
-        else:
-            delta0 = jnp.asarray(delta, jnp.float64)
-            if delta0.shape != self.setup.mask.shape:
-                raise BLPSpecificationError(
-                    f"delta must have one value per product row ({self.N},) or the padded shape "
-                    f"{self.setup.mask.shape}, not {delta0.shape}."
-                )
+        delta0 = self.logit_delta() if delta is None else jnp.asarray(self.index.per_product(delta, "delta"))
         config = contraction or ContractionConfig()
         engine = self.engine(spec, config, setup, micro)
         return _Prepared(spec, setup, micro, micro_labels, MM, W, W_2sls, delta0, config, engine)
@@ -344,6 +331,10 @@ class Problem:
         sigma_bounds=None,
         pi_bounds=None,
         rho_bounds=None,
+        beta=None,
+        beta_bounds=None,
+        gamma=None,
+        gamma_bounds=None,
         delta=None,
         micro_moments: Sequence[MicroMoment] | None = None,
         costs_bounds: tuple[float | None, float | None] | None = None,
@@ -355,17 +346,15 @@ class Problem:
         W is ``W``, or the first step's W of :meth:`solve` (2SLS; with micro moments the initial update at the
         starting values). ``se_type``, ``W_type`` and ``costs_bounds`` are those of ``obj.results(x)``.
         """
+        parameters = dict(sigma=sigma, pi=pi, rho=rho, sigma_bounds=sigma_bounds, pi_bounds=pi_bounds)
+        parameters.update(rho_bounds=rho_bounds, beta=beta, beta_bounds=beta_bounds, gamma=gamma)
+        parameters.update(gamma_bounds=gamma_bounds)
         prep = self._prepare(
-            sigma,
-            pi,
-            rho,
+            parameters,
             W=W,
             se_type=se_type,
             W_type=W_type,
             contraction=contraction,
-            sigma_bounds=sigma_bounds,
-            pi_bounds=pi_bounds,
-            rho_bounds=rho_bounds,
             delta=delta,
             micro_moments=micro_moments,
             costs_bounds=costs_bounds,
@@ -374,7 +363,7 @@ class Problem:
         W = prep.W
         if W is None:
             W, _ = initial_update(engine, spec.x0, prep.delta0, prep.initial_W, prep.MM, se_type, W_type, host=True)
-        conc = Concentration.build_host(gather(engine.products.ZX), np.asarray(W))
+        conc = engine.concentration(np.asarray(W))
         options = (se_type, W_type, contraction, tuple(micro_moments) if micro_moments else None, costs_bounds)
         return Objective(
             engine,
@@ -403,6 +392,10 @@ class Problem:
         sigma_bounds=None,
         pi_bounds=None,
         rho_bounds=None,
+        beta=None,
+        beta_bounds=None,
+        gamma=None,
+        gamma_bounds=None,
         delta=None,
         micro_moments: Sequence[MicroMoment] | None = None,
         costs_bounds: tuple[float | None, float | None] | None = None,
@@ -420,6 +413,11 @@ class Problem:
             optimizer: default ``ScipyOptimizer()`` (BFGS without bounds, L-BFGS-B with them; gtol 1e-8).
             contraction: default ``ContractionConfig()`` (SQUAREM, tol 1e-14).
             sigma_bounds, pi_bounds, rho_bounds: ``(lower, upper)`` like the parameters.
+            beta, gamma: PyBLP's: per X1 (X3) column, NaN or None concentrates the parameter out (the default for
+                all), 0 fixes it at zero, another value is a starting value for a parameter optimised with θ (needed
+                for a coefficient on a price column in X1 under a supply side), or fixed there when its bounds are
+                equal. Fixed parameters have zero standard errors.
+            beta_bounds, gamma_bounds: ``(lower, upper)`` for the entries with starting values.
             delta: starting mean utilities (default: the logit inversion).
             micro_moments: :class:`MicroMoment` s stacked with the product moments. Without ``W``, an
                 initial update at the starting values sets W (as PyBLP).
@@ -447,29 +445,20 @@ class Problem:
                 f"optimizer must be a blpjax.ScipyOptimizer or blpjax.OptaxOptimizer, not {type(optimizer).__name__}"
                 f"{hint}."
             )
+        parameters = dict(sigma=sigma, pi=pi, rho=rho, sigma_bounds=sigma_bounds, pi_bounds=pi_bounds)
+        parameters.update(rho_bounds=rho_bounds, beta=beta, beta_bounds=beta_bounds, gamma=gamma)
+        parameters.update(gamma_bounds=gamma_bounds)
         prep = self._prepare(
-            sigma,
-            pi,
-            rho,
+            parameters,
             W=W,
             se_type=se_type,
             W_type=W_type,
             contraction=contraction,
-            sigma_bounds=sigma_bounds,
-            pi_bounds=pi_bounds,
-            rho_bounds=rho_bounds,
             delta=delta,
             micro_moments=micro_moments,
             costs_bounds=costs_bounds,
         )
-        spec, setup, micro, micro_labels, config, engine = (
-            prep.spec,
-            prep.setup,
-            prep.micro,
-            prep.micro_labels,
-            prep.config,
-            prep.engine,
-        )
+        spec, engine = prep.spec, prep.engine
         x0, W0, report = spec.x0, prep.W, None
         if starts is not None:
             optimizer = optimizer or OptaxOptimizer()
@@ -489,7 +478,7 @@ class Problem:
             host=True,
             MM=prep.MM,
         )
-        results = Results(self, spec, steps, config, micro, micro_labels, setup, engine)
+        results = Results(self, spec, steps, prep.config, prep.micro, prep.micro_labels, prep.setup, engine)
         results.starts = report
         if throw and not results.converged:
             raise BLPEstimationError(

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._base.errors import BLPNumericalWarning, BLPSpecificationError, Status
-from .._engine.gmm import Concentration, condition_number, symmetric_inverse_host
+from .._engine.gmm import condition_number, symmetric_inverse_host
 from .._estimation.diagnosis import diagnose
 from .._estimation.programs import Engine
 from .._layouts.layouts import Padded
@@ -92,7 +92,7 @@ class Results(Counterfactuals):
     @property
     def labels(self) -> list[str]:
         return (
-            list(self.spec.labels)
+            list(self.spec.labels[: self.spec.P_theta])
             + [f"beta[{n}]" for n in self.specification.linear]
             + [f"gamma[{n}]" for n in self.specification.costs]
         )
@@ -103,7 +103,7 @@ class Results(Counterfactuals):
 
     @property
     def beta_se(self) -> pd.Series:
-        P, K1 = self.spec.P, len(self.specification.linear)
+        P, K1 = self.spec.P_theta, len(self.specification.linear)
         return pd.Series(np.asarray(self.final.se[P : P + K1]), index=list(self.specification.linear), name="beta_se")
 
     @property
@@ -114,7 +114,7 @@ class Results(Counterfactuals):
 
     @property
     def gamma_se(self) -> pd.Series:
-        start = self.spec.P + len(self.specification.linear)
+        start = self.spec.P_theta + len(self.specification.linear)
         return pd.Series(np.asarray(self.final.se[start:]), index=list(self.specification.costs), name="gamma_se")
 
     def _supply_array(self, name: str) -> np.ndarray:
@@ -172,12 +172,14 @@ class Results(Counterfactuals):
     @property
     def rho_se(self) -> np.ndarray:
         start = len(self.spec.sigma_free) + len(self.spec.pi_free)
-        return np.asarray(self.final.se[start : self.spec.P])
+        return np.asarray(self.final.se[start : self.spec.P_theta])
 
     @property
     def parameters(self) -> pd.DataFrame:
         """Tidy table of every estimated parameter: estimate and standard error."""
-        est = np.r_[np.asarray(self.final.theta), np.asarray(self.final.beta), self.gamma.to_numpy()]
+        est = np.r_[
+            np.asarray(self.final.theta)[: self.spec.P_theta], np.asarray(self.final.beta), self.gamma.to_numpy()
+        ]
         return pd.DataFrame(
             {"estimate": est, "se": np.asarray(self.final.se)}, index=pd.Index(self.labels, name="parameter")
         )
@@ -221,7 +223,7 @@ class Results(Counterfactuals):
                         "pickle: read results.hessian before pickling."
                     )
                 engine = Engine.build(Padded(), self.spec, self.config, self.setup, self.products)
-            conc = Concentration.build_host(self.setup.ZX_all(host=True), self.final.W)
+            conc = engine.concentration(self.final.W)
             self._hessian = np.asarray(engine.hessian(self.final.theta, self.final.delta, conc))
         return self._hessian
 

@@ -17,10 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .._base.errors import BLPSpecificationError
-from .._engine.gmm import Concentration
 from .._estimation.driver import StartsOutcome, initial_update, minimize_starts
 from .._estimation.optimize import OptaxOptimizer
-from .._estimation.programs import gather
 from .._estimation.replications import default_batch_size
 from .._model.params import ParameterSpec
 
@@ -193,7 +191,7 @@ def run_starts(multistart: MultiStart, prep, optimizer, se_type: str, W_type: st
     W = prep.W
     if W is None:  # micro moments without W: the initial update at the given starting values, as solve does
         W, _ = initial_update(engine, spec.x0, prep.delta0, prep.initial_W, prep.MM, se_type, W_type, host=True)
-    conc = Concentration.build_host(gather(engine.products.ZX), np.asarray(W))
+    conc = engine.concentration(np.asarray(W))
     batch = multistart.batch_size or default_batch_size(X0.shape[0])
     t0 = time.perf_counter()
     out = minimize_starts(engine, optimizer, X0, prep.delta0, conc, spec.lower, spec.upper, batch)

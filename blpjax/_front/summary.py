@@ -89,7 +89,7 @@ def format_results(results) -> str:
     if spec.rho_free:
         labels = [label for label in spec.labels if label.startswith("rho")]
         lines += _vector("ρ", labels, results.rho[np.asarray(spec.rho_free)], results.rho_se) + [""]
-    P, K1 = spec.P, len(names.linear)
+    P, K1 = spec.P_theta, len(names.linear)
     if K1:
         lines += _vector("β", names.linear, np.asarray(f.beta), se[P : P + K1]) + [""]
     if names.costs:

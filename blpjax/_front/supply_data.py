@@ -45,19 +45,10 @@ def build_supply_arrays(
             "'prices' cannot be a cost characteristic in X3 (costs are p − markup; prices are endogenous there)."
         )
     dX1, dX2 = price_derivative_arrays(df, index, price_derivatives)
-    if np.any(dX1 != 0):
-        moved = [c for k, c in enumerate(index.x1_names) if np.any(dX1[:, k] != 0)]
+    if not np.any(dX2 != 0) and not np.any(dX1 != 0):
         raise BLPSpecificationError(
-            f"with a supply side, markups depend on the mean price coefficient, so it cannot be concentrated out of "
-            f"the GMM problem like the other linear parameters; {moved} in the linear characteristics X1 depend on "
-            "prices. Put prices among the nonlinear characteristics instead: add a column of ones to agent_data "
-            "(e.g. 'one'), name it in demographics, and give pi a nonzero starting value for (prices, one); that "
-            "entry of Π is then the mean price coefficient α, estimated with θ (PyBLP does the same with `beta`)."
-        )
-    if not np.any(dX2 != 0):
-        raise BLPSpecificationError(
-            "with a supply side, prices must enter utility: no nonlinear characteristic depends on prices. Add "
-            "'prices' (or a column holding −prices, with price_derivatives={'neg_prices': -1}) to nonlinear."
+            "with a supply side, prices must enter utility: no characteristic depends on prices. Add 'prices' to "
+            "nonlinear (or to linear, with a starting value for its coefficient in solve(beta=...))."
         )
     X3 = np.column_stack([np.ones(len(df)) if c == CONSTANT else _numeric(df, c, frame) for c in x3])
     excluded = _columns_by_prefix(df, "supply_instruments")
@@ -86,10 +77,27 @@ def build_supply_arrays(
         "X3": index.padded(X3),
         "ZS": index.padded(ZS),
         "dX2": index.padded(dX2),
+        "dX1": index.padded(dX1) if np.any(dX1 != 0) else None,
         "zs_names": zs_names,
         "fe_ids": fe_ids,
         "fe_sizes": fe_sizes,
     }
+
+
+def check_price_coefficients(spec, dX1, linear: tuple[str, ...]) -> None:
+    """Under a supply side, the coefficients of X1 columns that move with prices must not be concentrated out."""
+    if dX1 is None:
+        return
+    dX1 = np.asarray(dX1)
+    moved = [k for k in range(dX1.shape[-1]) if np.any(dX1[..., k] != 0)]
+    names = [linear[k] for k in moved if not spec.has_linear or spec.concentrated[k]]
+    if names:
+        raise BLPSpecificationError(
+            f"with a supply side, markups depend on the coefficients of {names} (linear characteristics that move "
+            "with prices), so they cannot be concentrated out of the GMM problem like the other linear parameters: "
+            "give them starting values in solve(beta=[...]) (NaN for the others), as PyBLP's beta=; they are then "
+            "optimised with θ (beta_bounds=(lower, upper) keeps them away from zero)."
+        )
 
 
 def absorbed_columns(df: pd.DataFrame, index: ProductIndex, absorb, *columns: np.ndarray, frame: str = "product_data"):

@@ -15,12 +15,17 @@ from .shares import apply_coefficients, log_shares, random_coefficients
 
 
 class Theta(eqx.Module):
-    """Nonlinear parameters in matrix form: Σ (K2×K2, lower triangular), Π (K2×D), ρ (H,)."""
+    """Nonlinear parameters in matrix form: Σ (K2×K2, lower triangular), Π (K2×D), ρ (H,).
+
+    ``linear``: the linear parameters (β, γ) that are not concentrated out (fixed, or optimised with θ), 0 where they
+    are concentrated out; None when all are (the usual case).
+    """
 
     sigma: Float[Array, "K2 K2"]
     pi: Float[Array, "K2 D"]
     rho: Float[Array, " H"]
     rc_types: tuple = eqx.field(static=True, default=())  # per X2 column: "linear", "log" or "logit" (PyBLP's)
+    linear: Float[Array, " K"] | None = None
 
     @property
     def nested(self) -> bool:

@@ -2,7 +2,9 @@
 
 Follows PyBLP's conventions: entries of Σ above the diagonal are zero; an entry whose starting
 value is zero is fixed at zero; an entry whose lower and upper bounds are equal is fixed at that
-value. Free parameters are ordered Σ (lower triangle, row by row), Π (row by row), ρ.
+value. Free parameters are ordered Σ (lower triangle, row by row), Π (row by row), ρ, then the linear
+parameters (β, then γ) that are optimised with θ instead of concentrated out (PyBLP's ``beta``/``gamma``: NaN
+concentrates an entry out, zero fixes it at zero, another value is a starting value, equal bounds fix it).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class ParameterSpec:
     kinds: tuple[str, ...] = field(default=())
     n_nests: int = 0
     rc_types: tuple[str, ...] = ()  # per X2 column (empty: all linear)
+    # (β, γ): NaN where concentrated out, else the fixed value or the starting value (empty: all concentrated out)
+    linear0: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    linear_free: tuple[int, ...] = ()  # entries of (β, γ) optimised with θ
 
     def _key(self):
         """What compiled programs depend on: structure, fixed values and bounds, not starting values."""
@@ -41,7 +46,11 @@ class ParameterSpec:
         for r, c in self.pi_free:
             pi[r, c] = 0
         rho[list(self.rho_free)] = 0
+        linear = self.linear0.copy()
+        linear[list(self.linear_free)] = 0
         return (
+            self.linear_free,
+            linear.tobytes(),
             self.sigma_free,
             self.pi_free,
             self.rho_free,
@@ -66,11 +75,40 @@ class ParameterSpec:
 
     @property
     def P(self) -> int:
+        """Length of the optimiser's vector: the free nonlinear parameters, then the linear ones optimised with them."""
         return len(self.labels)
 
     @property
+    def P_theta(self) -> int:
+        """The free nonlinear parameters (Σ, Π, ρ): the first ``P_theta`` entries of the optimiser's vector, and of the
+        (θ, β, γ) vector of results and their covariances."""
+        return self.P - len(self.linear_free)
+
+    @property
+    def concentrated(self) -> np.ndarray:
+        """Per (β, γ) entry: concentrated out of the GMM problem (all of them without ``linear0``)."""
+        return np.isnan(self.linear0)
+
+    @property
+    def has_linear(self) -> bool:
+        """Whether some of (β, γ) is fixed or optimised with θ (else all are concentrated out)."""
+        return bool(self.linear0.size) and not np.all(np.isnan(self.linear0))
+
+    def estimate_bounds(self, K: int) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) of the results' (θ, β, γ) vector (K linear parameters): θ's bounds, those of linear
+        parameters optimised with θ, and the values of fixed ones; unbounded where concentrated out."""
+        P = self.P_theta
+        lower, upper = np.r_[self.lower[:P], np.full(K, -np.inf)], np.r_[self.upper[:P], np.full(K, np.inf)]
+        if self.has_linear:
+            fixed = ~np.isnan(self.linear0)
+            lower[self.P_theta :][fixed] = upper[self.P_theta :][fixed] = self.linear0[fixed]
+            free = self.P_theta + np.asarray(self.linear_free, np.int64)
+            lower[free], upper[free] = self.lower[self.P_theta :], self.upper[self.P_theta :]
+        return lower, upper
+
+    @property
     def x0(self) -> np.ndarray:
-        return self.pack_numpy(self.sigma0, self.pi0, self.rho0)
+        return np.r_[self.pack_numpy(self.sigma0, self.pi0, self.rho0), self.linear0[list(self.linear_free)]]
 
     def pack_numpy(self, sigma, pi, rho) -> np.ndarray:
         out = [sigma[r, c] for r, c in self.sigma_free]
@@ -100,6 +138,14 @@ class ParameterSpec:
             return jnp.where(position < n, gathered, jnp.asarray(template))
 
         k = 0
+        linear = None
+        if self.has_linear:  # fixed entries as given, concentrated ones 0, free ones from x (after θ)
+            base = np.where(np.isnan(self.linear0), 0.0, self.linear0)
+            if not self.linear_free:
+                linear = xp.asarray(base, dtype=xp.float64)
+            elif x.shape[0] == self.P:
+                linear = xp.asarray(filled(base, (np.asarray(self.linear_free),), self.P_theta), dtype=xp.float64)
+            # else: θ alone (the results' (θ, β, γ) vector carries β and γ itself)
         sigma, pi, rho = self.sigma0, self.pi0, self.rho0
         if self.sigma_free:
             r, c = np.array(self.sigma_free).T
@@ -115,7 +161,8 @@ class ParameterSpec:
         sigma, pi, rho = (xp.asarray(a, dtype=xp.float64) for a in (sigma, pi, rho))
         if self.n_nests and rho.shape[0] == 1:
             rho = xp.broadcast_to(rho, (self.n_nests,))
-        return Theta(jnp.asarray(sigma), jnp.asarray(pi), jnp.asarray(rho), self.rc_types)
+        linear = None if linear is None else jnp.asarray(linear)
+        return Theta(jnp.asarray(sigma), jnp.asarray(pi), jnp.asarray(rho), self.rc_types, linear)
 
 
 RC_TYPES = ("linear", "log", "logit")
@@ -161,8 +208,19 @@ def build_parameters(
     rho_by_nest: bool = False,
     nest_labels=None,
     rc_types=None,
+    linear_names=(),
+    cost_names=(),
+    beta=None,
+    beta_bounds=None,
+    gamma=None,
+    gamma_bounds=None,
 ) -> ParameterSpec:
-    """Validate starting values and bounds and build the :class:`ParameterSpec`."""
+    """Validate starting values and bounds and build the :class:`ParameterSpec`.
+
+    ``beta``/``gamma`` (PyBLP's): per X1/X3 column, NaN (or None) concentrates the parameter out (the default for
+    all), 0 fixes it at zero, another value is fixed when its bounds are equal and otherwise a starting value for a
+    parameter optimised with θ.
+    """
     K2, D = len(x2_names), len(demographic_names)
     rc_types = check_rc_types(rc_types, x2_names)
     if K2 == 0 and (sigma is not None and np.size(sigma) or pi is not None and np.size(pi)):
@@ -214,6 +272,39 @@ def build_parameters(
     kinds = ["sigma"] * len(sigma_free) + ["pi"] * len(pi_free) + ["rho"] * len(rho_free)
     lower = np.r_[[s_lo[i] for i in sigma_free], [p_lo[i] for i in pi_free], [r_lo[h] for h in rho_free]]
     upper = np.r_[[s_hi[i] for i in sigma_free], [p_hi[i] for i in pi_free], [r_hi[h] for h in rho_free]]
+    linear0, linear_free = np.zeros(0), ()
+    if beta is not None or gamma is not None:
+        parts = []
+        for name, value, names in (("beta", beta, linear_names), ("gamma", gamma, cost_names)):
+            if value is not None and not names:
+                raise BLPSpecificationError(
+                    f"{name} was given but the model has no {'X3' if name == 'gamma' else 'X1'}."
+                )
+            v = np.full(len(names), np.nan) if value is None else _linear_values(name, value, len(names))
+            b = beta_bounds if name == "beta" else gamma_bounds
+            lo, hi = bounds(name, None, v)
+            if b is not None:
+                lo, hi = (np.broadcast_to(np.asarray(e, np.float64), v.shape) for e in b)
+                if np.any(np.isnan(v) & (np.isfinite(lo) | np.isfinite(hi))):
+                    raise BLPSpecificationError(
+                        f"{name}_bounds bound a parameter that is concentrated out (NaN in {name}); give it a "
+                        f"starting value in {name} to optimise it within the bounds (PyBLP's convention)."
+                    )
+                lo, hi = bounds(name, b, np.where(np.isnan(v), 0.0, v))
+            parts.append((name, v, lo, hi, names))
+        linear0 = np.concatenate([v for _, v, _, _, _ in parts])
+        k = 0
+        free = []
+        for name, v, lo, hi, names in parts:
+            for j, n in enumerate(names):
+                if not np.isnan(v[j]) and v[j] != 0 and lo[j] != hi[j]:
+                    free.append(k)
+                    labels.append(f"{name}[{n}]")
+                    kinds.append(name)
+                    lower = np.r_[lower, lo[j]]
+                    upper = np.r_[upper, hi[j]]
+                k += 1
+        linear_free = tuple(free)
     return ParameterSpec(
         sigma0,
         pi0,
@@ -227,4 +318,19 @@ def build_parameters(
         tuple(kinds),
         n_nests,
         tuple(rc_types),
+        linear0,
+        linear_free,
     )
+
+
+def _linear_values(name: str, value, size: int) -> np.ndarray:
+    """``beta``/``gamma`` as floats, None → NaN (concentrated out)."""
+    v = np.array([np.nan if e is None else e for e in np.ravel(np.asarray(value, dtype=object))], dtype=np.float64)
+    if v.shape != (size,):
+        raise BLPSpecificationError(
+            f"{name} must give one value per {'X3' if name == 'gamma' else 'X1'} column ({size}), got {v.shape[0]}; "
+            "NaN or None concentrates a parameter out."
+        )
+    if np.any(np.isinf(v)):
+        raise BLPSpecificationError(f"{name} has infinite values; NaN or None concentrates a parameter out.")
+    return v

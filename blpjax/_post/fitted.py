@@ -79,7 +79,7 @@ class Fitted(eqx.Module):
         cls, spec, theta_vector, beta, gamma, delta, market: Market, prices, dX1, dX2, firm_ids, shares, terms=None
     ):
         """``terms``: (X1 Terms, X2 Terms, inputs (T, J, C)) when characteristics are formulas of prices."""
-        theta = spec.unpack(theta_vector)
+        theta = spec.unpack(theta_vector[: spec.P_theta])
         d_delta = jnp.einsum("tjk,k->tj", dX1, beta)
         if terms is None:
             demand = eq.PriceDemand(market, delta, prices, d_delta, dX2)
@@ -116,19 +116,19 @@ class Fitted(eqx.Module):
         """
         if solve is not None:
             return self.solved_at(x, solve)[0]
-        theta = self.spec.unpack(x[: self.spec.P])
+        theta = self.spec.unpack(x[: self.spec.P_theta])
         d = self.demand
         return self._with(x, jax.vmap(delta_at_solution, in_axes=(None, 0, 0))(theta, d.market, d.delta))
 
     def solved_at(self, x: Float[Array, " P"], solve: ContractionConfig) -> tuple[Fitted, Int[Array, " T"]]:
         """The model at ``x`` with δ(θ) solved again, and each market's inversion :class:`Status` code."""
-        theta = self.spec.unpack(x[: self.spec.P])
+        theta = self.spec.unpack(x[: self.spec.P_theta])
         d = self.demand
         out = jax.vmap(solve_delta, in_axes=(None, 0, 0, None))(theta, d.market, d.delta, solve)
         return self._with(x, out.x), out.status
 
     def _with(self, x, delta) -> Fitted:
-        P, K1 = self.spec.P, self.beta.shape[0]
+        P, K1 = self.spec.P_theta, self.beta.shape[0]
         theta = self.spec.unpack(x[:P])
         beta, gamma = x[P : P + K1], x[P + K1 :]
         d = self.demand

@@ -13,8 +13,9 @@ Everything here is written for one market and vmapped; η depends on θ and on �
 derivatives come from autodiff through the implicit δ(θ) (no hand-written η-by-θ Jacobian).
 How prices enter utility is data: ``dX2`` holds ∂X2/∂p for every X2 column (1 for ``prices``,
 −1 for a column holding −prices, a characteristic for an interaction, ...), so
-∂u_ij/∂p_j = dX2_j·(Σν_i + Πd_i). Prices do not enter X1 under a supply side (the data front
-refuses it): the mean price coefficient would then be a linear parameter that markups depend on.
+∂u_ij/∂p_j = dX2_j·(Σν_i + Πd_i) + dX1_j·β. Prices enter X1 under a supply side only through linear
+parameters that are not concentrated out (``Theta.linear``: fixed, or optimised with θ; the front
+checks it), since markups depend on them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class SupplyMarket(eqx.Module):
     firm_ids: Int[Array, " J"]
     dX2: Float[Array, "J K2"]  # ∂X2/∂p
     firms: Bool[Array, "J F"]  # firms[j, f]: product j belongs to the market's f-th firm (no firm on padding)
+    dX1: Float[Array, "J K1"] | None = None  # ∂X1/∂p when some X1 column moves with prices
 
 
 class SupplySetup(eqx.Module):
@@ -72,6 +74,7 @@ def build_supply_setup(products, arrays: dict, costs_type: str) -> SupplySetup:
         products.firm_ids,
         jnp.asarray(arrays["dX2"]),
         firm_membership(products.firm_ids, products.mask),
+        None if arrays.get("dX1") is None else jnp.asarray(arrays["dX1"]),
     )
     ZX3 = jnp.einsum("tjm,tjk->mk", ZS, X3) / products.n_products
     sizes = tuple(arrays.get("fe_sizes", ()))
@@ -98,10 +101,13 @@ def firm_membership(firm_ids, mask) -> Bool[Array, "T J F"]:
 
 
 def utility_price_derivatives(theta, market, supply: SupplyMarket) -> Float[Array, "I J"]:
-    """∂u_ij/∂p_j = dX2_j·(Σν_i + Πd_i)."""
+    """∂u_ij/∂p_j = dX2_j·(Σν_i + Πd_i) + dX1_j·β (β: the linear parameters that are not concentrated out)."""
     from .._model.market import market_coefficients
 
-    return apply_coefficients(market_coefficients(theta, market), supply.dX2)
+    out = apply_coefficients(market_coefficients(theta, market), supply.dX2)
+    if supply.dX1 is not None and theta.linear is not None:
+        out = out + (supply.dX1 @ theta.linear[: supply.dX1.shape[-1]])[None, :]
+    return out
 
 
 def share_price_jacobian(delta, theta, market, supply: SupplyMarket) -> Float[Array, "J J"]:
