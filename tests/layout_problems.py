@@ -1,6 +1,6 @@
 """Small simulated problems of every model family, with unequal markets, for the layout tests.
 
-Models: ``demand`` (random coefficients and a demographic), ``supply`` (+ a Bertrand–Nash supply
+Models: ``demand`` (random coefficients and a demographic, the logit error's scale 0.8), ``supply`` (+ a Bertrand–Nash supply
 side with log costs and firm fixed effects absorbed from them; the mean price coefficient is Π on a demographic
 column of ones), ``micro``
 (+ a first-choice survey of part of the markets and a second-choice survey), ``both`` (supply and
@@ -82,6 +82,8 @@ def problem(model: str, seed: int = 3, T: int = 12, fixed: bool = False, **layou
         start = dict(sigma=SIGMA, pi=[[0.0], [0.3]])
     if model == "nested":
         start["rho"] = 0.3
+    if model == "demand":  # the logit error scaled (PyBLP's epsilon_scale)
+        kw["epsilon_scale"] = 0.8
     if model == "formulas":
         kw = dict(
             linear="1 + x + prices:x",

@@ -105,3 +105,79 @@ def test_linear_parameter_errors_teach():
         ours.solve(sigma, pi, beta=[np.nan, -20.0, np.nan], beta_bounds=([0.0, -30, np.nan], [1.0, -1, np.nan]))
     with pytest.raises(blpjax.BLPSpecificationError, match="outside beta_bounds"):
         ours.solve(sigma, pi, beta=[np.nan, -20.0, np.nan], beta_bounds=([np.nan, -10, np.nan], [np.nan, -1, np.nan]))
+
+
+def test_epsilon_scale_matches_pyblp():
+    """PyBLP's epsilon_scale (λ: probabilities of (δ + μ)/λ) with a supply side, at the same parameters: objective,
+    gradient, β, γ, SEs, δ, elasticities and costs; consumer surplus obeys Roy's identity (∂CS/∂p_j = α-weighted
+    −s_j: here PyBLP's log-sum omits λ, so the check is against finite differences of our own closed form)."""
+    pyblp, products, agents = nevo_data(12)
+    for k in range(3):
+        products[f"supply_instruments{k}"] = products[f"demand_instruments{k}"]
+    agents["one"] = 1.0
+    linear, nonlinear, costs = "1 + sugar + mushy", "1 + prices", "1 + sugar"
+    theirs = pyblp.Problem(
+        tuple(pyblp.Formulation(f) for f in (linear, nonlinear, costs)),
+        products,
+        pyblp.Formulation("0 + one + income"),
+        agents,
+        epsilon_scale=0.8,
+    )
+    ours = blpjax.Problem(
+        products,
+        linear=linear,
+        nonlinear=nonlinear,
+        costs=costs,
+        agent_data=agents,
+        demographics="0 + one + income",
+        epsilon_scale=0.8,
+    )
+    sigma, pi = np.diag([0.3, 1.0]), np.array([[0.0, 0.5], [-30.0, 1.0]])
+    fixed = theirs.solve(sigma, pi, method="1s", optimization=pyblp.Optimization("return"))
+    results = ours.solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
+    _close(results.objective, fixed.objective, "objective")
+    _close(results.gradient, fixed.gradient, "gradient")
+    _close(results.delta, fixed.delta, "delta")
+    _close(results.beta, fixed.beta, "beta")
+    _close(results.gamma, fixed.gamma, "gamma")
+    _close(results.beta_se, fixed.beta_se, "beta SE")
+    _close(results.pi_se, fixed.pi_se, "pi SE")
+    _close(results.compute_elasticities(layout="stacked"), fixed.compute_elasticities(), "elasticities", atol=1e-10)
+    _close(results.compute_costs(), fixed.compute_costs(), "costs")
+    unscaled = blpjax.Problem(
+        products, linear=linear, nonlinear=nonlinear, costs=costs, agent_data=agents, demographics="0 + one + income"
+    ).solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
+    assert abs(unscaled.objective - results.objective) > 1e-3 * results.objective  # λ changes the model
+    # Roy's identity on one market: ∂CS/∂p_j = −s_j (per capita; CS in money)
+    prices = products.prices.to_numpy().copy()
+    first = products.market_ids == products.market_ids.iloc[0]
+    j = np.flatnonzero(first)[2]
+    h = 1e-6
+
+    def cs(shift):
+        p = prices.copy()
+        p[j] += shift
+        return float(results.compute_consumer_surpluses(p).iloc[0])
+
+    shares = np.asarray(results.compute_shares())
+    np.testing.assert_allclose((cs(h) - cs(-h)) / (2 * h), -shares[j], rtol=1e-6)
+    # a smaller scale: the contraction's step is λ(log S − log s), so it still converges (PyBLP's unscaled step stops
+    # at its iteration limit here) and the model reproduces the observed shares
+    half = blpjax.Problem(
+        products,
+        linear=linear,
+        nonlinear=nonlinear,
+        agent_data=agents,
+        demographics="0 + one + income",
+        epsilon_scale=0.5,
+    ).solve(sigma, pi, method="1s", optimizer=blpjax.ScipyOptimizer("return"))
+    np.testing.assert_allclose(np.asarray(half.compute_shares()), products.shares.to_numpy(), rtol=1e-10)
+    newton = half.problem.solve(
+        sigma,
+        pi,
+        method="1s",
+        optimizer=blpjax.ScipyOptimizer("return"),
+        contraction=blpjax.ContractionConfig("newton"),
+    )
+    np.testing.assert_allclose(newton.delta, half.delta, rtol=0, atol=1e-12)  # the Newton step scales with λ too
+    _close(newton.gradient, half.gradient, "gradient with Newton's inversion")

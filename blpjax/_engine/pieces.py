@@ -142,7 +142,8 @@ def market_solution(
     if K2 == 0:
         rho = theta.rho if theta.nested else None
         shares = jnp.where(market.mask, jnp.exp(market.log_shares), 0.0)
-        return FixedPoint(logit_delta(shares, market.mask, market.nest_ids, rho), zero, zero)
+        delta = logit_delta(shares, market.mask, market.nest_ids, rho)
+        return FixedPoint(delta if market.epsilon_scale == 1.0 else market.epsilon_scale * delta, zero, zero)
     if pinned:
         return FixedPoint(delta_at_solution(theta, market, delta), zero, zero)
     return solve_delta(theta, market, delta, config)

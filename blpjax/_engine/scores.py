@@ -103,7 +103,9 @@ def _numerator(x, obs: Observations, ctx: Context, spec: ParameterSpec, weights_
     theta = spec.unpack(x)
     t = obs.t
     m = _take(ctx.market, t)
-    market = Market(m.X2, obs.nodes, obs.demographics, obs.weights, m.log_shares, m.mask, m.nest_ids)
+    market = Market(
+        m.X2, obs.nodes, obs.demographics, obs.weights, m.log_shares, m.mask, m.nest_ids, epsilon_scale=m.epsilon_scale
+    )
     view = _view(obs, ctx)
     probs = choice_probabilities(_delta_t(x, ctx, t), theta, market, *flags)
     real = obs.weights > 0

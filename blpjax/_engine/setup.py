@@ -59,7 +59,9 @@ class Setup(eqx.Module):
         return block_diag(ZX, xp.asarray(self.supply.ZX3, xp.float64))
 
     @classmethod
-    def build(cls, products: Products, agents: Agents, supply: SupplySetup | None = None) -> Setup:
+    def build(
+        cls, products: Products, agents: Agents, supply: SupplySetup | None = None, epsilon_scale: float = 1.0
+    ) -> Setup:
         # host-side set-up in NumPy (one jitted absorption at most): no XLA program per array shape
         mask = products.mask
         mask_np = np.asarray(mask)
@@ -75,6 +77,7 @@ class Setup(eqx.Module):
             products.nest_ids,
             agents.product_demographics,
             agents.availability,
+            float(epsilon_scale),
         )
         M = products.Z.shape[-1]
         ZX1 = absorb_columns(

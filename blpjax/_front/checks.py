@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 import numpy as np
@@ -69,3 +70,14 @@ def check_solve_options(contraction, se_type: str, W_type: str, has_clusters: bo
         raise BLPSpecificationError(f"se_type and W_type must be one of {SE_TYPES}, not {se_type!r} / {W_type!r}.")
     if "clustered" in (se_type, W_type) and not has_clusters:
         raise BLPSpecificationError("clustered standard errors need a 'clustering_ids' column in product_data.")
+
+
+def check_epsilon_scale(epsilon_scale, n_nests: int) -> float:
+    """The logit error's scale λ: a positive number, 1 with nesting (as PyBLP)."""
+    if isinstance(epsilon_scale, bool) or not isinstance(epsilon_scale, numbers.Real) or not epsilon_scale > 0:
+        raise BLPSpecificationError(f"epsilon_scale must be a positive number, not {epsilon_scale!r}.")
+    if epsilon_scale != 1 and n_nests:
+        raise BLPSpecificationError(
+            "epsilon_scale must be 1 with nesting_ids (as in PyBLP): the nested logit's scale is ρ."
+        )
+    return float(epsilon_scale)

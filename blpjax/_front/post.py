@@ -269,6 +269,7 @@ class PostEstimation:
             m.nest_ids,
             agents.product_demographics,
             agents.availability,
+            m.epsilon_scale,
         )
         theta = self.spec.unpack(jnp.asarray(self.final.theta))
         solve = jax.jit(jax.vmap(solve_delta, in_axes=(None, 0, 0, None)))

@@ -27,7 +27,7 @@ from .._model.logit import logit_delta
 from .._model.params import ParameterSpec, build_parameters, check_rc_types
 from .._supply.bertrand import build_supply_setup
 from .agent_data import build_agents
-from .checks import check_solve_options
+from .checks import check_epsilon_scale, check_solve_options
 from .data import Specification, build_products
 from .formulas import expand, is_formula, padded_terms
 from .micro_data import MicroMoment, build_micro, market_views
@@ -87,6 +87,8 @@ class Problem:
             column with a non-zero price derivative is endogenous: it is never its own instrument.
         rc_types: per X2 column, ``"linear"`` (default), ``"log"`` (the coefficient Σν_i + Πd_i is exponentiated:
             log-normal; its mean is a Π entry on a demographic column of ones) or ``"logit"``, as PyBLP's.
+        epsilon_scale: λ, the scale of the logit error (PyBLP's): utility δ + μ + λε, so choice probabilities are those
+            of (δ + μ)/λ; below 1 approaches the pure characteristics model. Not with nesting.
         endogenous: other X1 columns that are endogenous (not their own instruments; each needs an excluded
             instrument), e.g. a quality measure correlated with ξ. ``prices`` always is.
         devices: spread markets over devices: ``None`` (default device), an int n (the first n of
@@ -117,6 +119,7 @@ class Problem:
         endogenous: Sequence[str] = (),
         rc_types: Sequence[str] | None = None,
         costs_absorb: Sequence[str] | str = (),
+        epsilon_scale: float = 1.0,
         devices=None,
         buckets: int | str | None = None,
         market_batch_size: int | None = None,
@@ -166,7 +169,8 @@ class Problem:
             )
             self.zs_names = arrays["zs_names"]
             supply = build_supply_setup(self.products, arrays, costs_type)
-        self.setup = Setup.build(self.products, self.agents, supply)
+        self.epsilon_scale = check_epsilon_scale(epsilon_scale, self.products.n_nests)
+        self.setup = Setup.build(self.products, self.agents, supply, self.epsilon_scale)
         self.specification = Specification(
             self.linear,
             self.nonlinear,
@@ -275,7 +279,8 @@ class Problem:
 
         Computed in NumPy (host-side set-up: no XLA program to compile for it).
         """
-        return jnp.asarray(logit_delta(np.asarray(self.products.shares), np.asarray(self.products.mask), xp=np))
+        delta = logit_delta(np.asarray(self.products.shares), np.asarray(self.products.mask), xp=np)
+        return jnp.asarray(self.epsilon_scale * delta)  # δ/λ is the logit inversion when the error has scale λ
 
     def _prepare(
         self, parameters: dict, *, W, se_type, W_type, contraction, delta, micro_moments, costs_bounds

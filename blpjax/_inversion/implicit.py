@@ -43,10 +43,12 @@ def contraction_map(theta: Theta, market: Market):
 
         return g
     parts, _ = _factored_parts(theta, market)
+    scale = market.epsilon_scale  # δ + λ(log S − log s(δ)), log s = δ/λ − c + log(inner)
 
     def g(delta):
         c, _, _, inner = parts(delta)
-        return jnp.where(mask, log_S + c - jnp.log(jnp.maximum(inner, 1e-300)), delta)
+        new = log_S + c - jnp.log(jnp.maximum(inner, 1e-300))
+        return jnp.where(mask, new if scale == 1.0 else scale * new, delta)
 
     return g
 
@@ -57,10 +59,11 @@ def _factored_parts(theta: Theta, market: Market):
     FactoredMarket.log_shares_shifted with exp(−m) hoisted out of the loop and the J + 1 exponentials of a step in
     one vector (one exponential kernel per step: faster, and less code to compile)."""
     mask = market.mask
-    fm = FactoredMarket.build(market_mu(theta, market), market.weights, mask)
+    fm = FactoredMarket.build(market_mu(theta, market), market.weights, mask, market.epsilon_scale)
     exp_neg_m = jnp.exp(-fm.m)
 
     def parts(delta):
+        delta = fm.scaled(delta)
         c = jnp.max(jnp.where(mask, delta, -jnp.inf))
         ex = jnp.exp(jnp.concatenate([jnp.where(mask, delta - c, -jnp.inf), -c[None]]))
         denominators = exp_neg_m * ex[-1] + fm.E @ ex[:-1]
@@ -100,16 +103,16 @@ def newton_map(theta: Theta, market: Market):
 
         return nested_step
     parts, fm = _factored_parts(theta, market)
-    E, weights = fm.E, fm.weights
+    E, weights, scale = fm.E, fm.weights, fm.scale
 
     def step(delta):
         c, ex, denominators, inner = parts(delta)
         log_inner = jnp.log(jnp.maximum(inner, 1e-300))
-        gx = jnp.where(mask, log_S + c - log_inner, delta)
+        gx = jnp.where(mask, scale * (log_S + c - log_inner), delta)
         P = E * ex[None, :-1] / denominators[:, None]  # P_ij (0 on padding)
         s = ex[:-1] * inner  # s_j = e_j Σ_i w_i E_ij / den_i
-        D = (jnp.diag(s) - (P * weights[:, None]).T @ P) / jnp.where(mask, s, 1.0)[:, None]
-        return finish(delta, gx, delta - c + log_inner, D)
+        D = (jnp.diag(s) - (P * weights[:, None]).T @ P) / jnp.where(mask, s, 1.0)[:, None] / scale
+        return finish(delta, gx, fm.scaled(delta) - c + log_inner, D)
 
     return step
 
@@ -181,13 +184,13 @@ def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares):
     demographics enter through dμ only (a JVP of the linear map to μ), so no derivative of the shares
     is traced, and the symmetric solve lets reverse mode reuse the same factorisation untransposed.
     """
-    mask = market.mask
-    P = FactoredMarket.build(market_mu(theta, market), market.weights, mask).probabilities(delta)  # (I, J)
+    mask, scale = market.mask, market.epsilon_scale  # in units of λ: d(δ/λ) from d(μ/λ), then times λ
+    P = FactoredMarket.build(market_mu(theta, market), market.weights, mask, scale).probabilities(delta)  # (I, J)
     wP = market.weights[:, None] * P
     s = jnp.sum(wP, axis=0)
     rhs = jnp.zeros_like(delta)
     if t_mu is not None:
-        t_mu = jnp.where(mask[None, :], t_mu, 0.0)
+        t_mu = jnp.where(mask[None, :], t_mu / scale, 0.0)
         rhs = rhs + jnp.sum(wP * (t_mu - jnp.sum(P * t_mu, axis=1, keepdims=True)), axis=0)
     if t_weights is not None:
         rhs = rhs + t_weights @ P
@@ -199,7 +202,8 @@ def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares):
     # H is symmetric positive definite (a multinomial covariance with an outside good; identity on
     # padding): a Cholesky factorisation, cheaper than LU and without pivoting
     chol = jsl.cho_factor(jax.lax.stop_gradient(H), lower=True)
-    return -jax.lax.custom_linear_solve(lambda v: H @ v, rhs, lambda _, r: jsl.cho_solve(chol, r), symmetric=True)
+    solved = jax.lax.custom_linear_solve(lambda v: H @ v, rhs, lambda _, r: jsl.cho_solve(chol, r), symmetric=True)
+    return -solved if scale == 1.0 else -scale * solved
 
 
 @_solve.def_jvp
@@ -241,7 +245,7 @@ def solve_delta(theta: Theta, market: Market, delta0: Array, config: Contraction
 def solve_delta_unrolled(theta: Theta, market: Market, delta0: Array, steps: int) -> Array:
     """δ after ``steps`` plain contraction steps, differentiated by unrolling (for tests)."""
     mask, log_S = market.mask, market.log_shares
-    damp = 1.0 - theta.rho[market.nest_ids] if theta.nested else 1.0
+    damp = 1.0 - theta.rho[market.nest_ids] if theta.nested else market.epsilon_scale
 
     def body(_, d):
         return jnp.where(mask, d + damp * (log_S - market_log_shares(d, theta, market)), d)

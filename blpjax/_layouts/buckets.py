@@ -170,6 +170,7 @@ def cut_markets(data: MarketData, idx, Jb: int, Ib: int) -> MarketData:
         _cut(take(m.nest_ids), 1, Jb),
         None if m.product_demographics is None else _cut(_cut(take(m.product_demographics), 1, Ib), 2, Jb),
         None if m.availability is None else _cut(_cut(take(m.availability), 1, Ib), 2, Jb),
+        m.epsilon_scale,
     )
     supply = ZS = micro = None
     if data.supply is not None:

@@ -168,7 +168,7 @@ def _first_choices(delta, theta: Theta, market: Market):
     """μ, log P (I×J), log-sum-exp (I,), P (0 on padding) and P0 of one market."""
     mu_ = market_mu(theta, market)
     rho = theta.rho if theta.nested else None
-    log_p, lse = choice(delta, mu_, market.mask, market.nest_ids, rho)
+    log_p, lse = choice(delta, mu_, market.mask, market.nest_ids, rho, market.epsilon_scale)
     return mu_, log_p, lse, _exp_masked(log_p, market.mask[None, :]), jnp.exp(-lse)
 
 
@@ -201,7 +201,7 @@ def choice_probabilities(
 
         def eliminated(j):
             keep = mask & (jnp.arange(J) != j)
-            lp, ls = choice(delta, mu_, keep, market.nest_ids, rho)
+            lp, ls = choice(delta, mu_, keep, market.nest_ids, rho, market.epsilon_scale)
             return jnp.concatenate([jnp.exp(-ls)[:, None], _exp_masked(lp, keep[None, :])], axis=1)
 
         after = jax.vmap(eliminated)(jnp.arange(J))  # (J, I, 1+J): choice probabilities with j removed

@@ -46,6 +46,8 @@ class Market(eqx.Module):
     product_demographics: Float[Array, "I J D"] | None = None
     # agent-specific product availability (1 available, 0 not: PyBLP's ``availability``)
     availability: Float[Array, "I J"] | None = None
+    # λ, the scale of the logit error (PyBLP's ``epsilon_scale``): probabilities are those of (δ + μ)/λ
+    epsilon_scale: float = eqx.field(static=True, default=1.0)
 
 
 def market_coefficients(theta: Theta, market: Market):
@@ -70,4 +72,5 @@ def market_mu(theta: Theta, market: Market) -> Float[Array, "I J"]:
 def market_log_shares(delta, theta: Theta, market: Market):
     """log s(δ, θ) of one market, in log space (all models)."""
     rho = theta.rho if theta.nested else None
-    return log_shares(delta, market_mu(theta, market), market.weights, market.mask, market.nest_ids, rho)
+    mu_ = market_mu(theta, market)
+    return log_shares(delta, mu_, market.weights, market.mask, market.nest_ids, rho, market.epsilon_scale)

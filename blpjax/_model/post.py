@@ -38,6 +38,7 @@ def _shares_at(x_new, x_old, delta, theta: Theta, market: Market, ch: Characteri
         market.mask,
         market.nest_ids,
         rho,
+        market.epsilon_scale,
     )
 
 

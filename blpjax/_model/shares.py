@@ -1,6 +1,7 @@
 """Choice probabilities and market shares for one market (logit, nested logit, BLP, RCNL).
 
-Utility u_ij = δ_j + μ_ij + ε_ij with μ_ij = Σ_k x_jk (Σν_i + Πd_i)_k. Plain and nested logit are
+Utility u_ij = δ_j + μ_ij + λε_ij with μ_ij = Σ_k x_jk (Σν_i + Πd_i)_k and λ the scale of the logit error
+(PyBLP's ``epsilon_scale``, 1 by default): choice probabilities are those of (δ + μ)/λ. Plain and nested logit are
 the special case of one agent with μ = 0. Everything here is written for a single market and is
 batched with ``jax.vmap``; padded products (``mask == False``) get exactly zero probability and
 padded agents carry zero weight.
@@ -82,9 +83,13 @@ def log_probabilities(
     return choice(delta, mu_, mask, nest_ids, rho)[0]
 
 
-def choice(delta, mu_, mask, nest_ids=None, rho=None) -> tuple[Float[Array, "I J"], Float[Array, " I"]]:
-    """(log P_ij, log(1 + Σ_h exp(IV_ih))): probabilities and each agent's expected max utility."""
-    u = jnp.where(mask[None, :], delta[None, :] + mu_, NEG_INF)
+def choice(
+    delta, mu_, mask, nest_ids=None, rho=None, scale: float = 1.0
+) -> tuple[Float[Array, "I J"], Float[Array, " I"]]:
+    """(log P_ij, log(1 + Σ_h exp(IV_ih))): probabilities and each agent's expected max utility (in units of the
+    error's scale λ: ``scale``, static)."""
+    v = delta[None, :] + mu_
+    u = jnp.where(mask[None, :], v if scale == 1.0 else v / scale, NEG_INF)
     if rho is None or nest_ids is None:
         lse = jnp.logaddexp(0.0, jax.nn.logsumexp(u, axis=1))
         return u - lse[:, None], lse
@@ -112,18 +117,19 @@ def log_shares(
     mask: Bool[Array, " J"],
     nest_ids: Int[Array, " J"] | None = None,
     rho: Float[Array, " H"] | None = None,
+    scale: float = 1.0,
 ) -> Float[Array, " J"]:
     """log s_j = log Σ_i w_i P_ij (0 on padded products, so that it can be subtracted safely)."""
-    log_p = log_probabilities(delta, mu_, mask, nest_ids, rho)
+    log_p = choice(delta, mu_, mask, nest_ids, rho, scale)[0]
     # padded products get a finite dummy (their -inf would poison gradients); padded agents have
     # zero weight. The sum is linear so that rules with negative weights (sparse grids) work.
     ls = jnp.log(weights @ jnp.exp(jnp.where(mask[None, :], log_p, 0.0)))
     return jnp.where(mask, ls, 0.0)
 
 
-def shares(delta, mu_, weights, mask, nest_ids=None, rho=None) -> Float[Array, " J"]:
+def shares(delta, mu_, weights, mask, nest_ids=None, rho=None, scale: float = 1.0) -> Float[Array, " J"]:
     """s_j = Σ_i w_i P_ij (exactly 0 on padded products)."""
-    return jnp.where(mask, jnp.exp(log_shares(delta, mu_, weights, mask, nest_ids, rho)), 0.0)
+    return jnp.where(mask, jnp.exp(log_shares(delta, mu_, weights, mask, nest_ids, rho, scale)), 0.0)
 
 
 class FactoredMarket(eqx.Module):
@@ -131,21 +137,27 @@ class FactoredMarket(eqx.Module):
 
     With m_i = max(0, max_j μ_ij) and c = max_j δ_j,
     s_j = e^{δ_j-c} Σ_i w_i E_ij / (e^{-m_i-c} + Σ_k E_ik e^{δ_k-c}),  E_ij = e^{μ_ij-m_i},
-    in which no exponential can overflow.
+    in which no exponential can overflow. With an error scale λ ≠ 1, δ and μ are divided by λ first.
     """
 
     E: Float[Array, "I J"]
     m: Float[Array, " I"]
     weights: Float[Array, " I"]
     mask: Bool[Array, " J"]
+    scale: float = eqx.field(static=True, default=1.0)
 
     @classmethod
-    def build(cls, mu_, weights, mask) -> FactoredMarket:
-        mu_ = jnp.where(mask[None, :], mu_, NEG_INF)
+    def build(cls, mu_, weights, mask, scale: float = 1.0) -> FactoredMarket:
+        mu_ = jnp.where(mask[None, :], mu_ if scale == 1.0 else mu_ / scale, NEG_INF)
         m = jnp.maximum(jnp.max(mu_, axis=1), 0.0)
-        return cls(jnp.exp(mu_ - m[:, None]), m, weights, mask)
+        return cls(jnp.exp(mu_ - m[:, None]), m, weights, mask, scale)
+
+    def scaled(self, delta):
+        """δ/λ: mean utilities in units of the error's scale."""
+        return delta if self.scale == 1.0 else delta / self.scale
 
     def _terms(self, delta):
+        delta = self.scaled(delta)
         c = jnp.max(jnp.where(self.mask, delta, NEG_INF))
         e = jnp.where(self.mask, jnp.exp(delta - c), 0.0)
         denominators = jnp.exp(-self.m - c) + self.E @ e  # (I,)
@@ -159,7 +171,7 @@ class FactoredMarket(eqx.Module):
 
     def log_shares(self, delta):
         c, log_inner = self.log_shares_shifted(delta)
-        return jnp.where(self.mask, delta - c + log_inner, 0.0)
+        return jnp.where(self.mask, self.scaled(delta) - c + log_inner, 0.0)
 
     def probabilities(self, delta) -> Float[Array, "I J"]:
         _, e, denominators = self._terms(delta)

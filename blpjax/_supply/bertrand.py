@@ -119,7 +119,8 @@ def share_price_jacobian(delta, theta, market, supply: SupplyMarket) -> Float[Ar
     a = utility_price_derivatives(theta, market, supply)
     a = jnp.where(mask[None, :], a, 0.0)
     if not theta.nested:
-        P = FactoredMarket.build(mu_, market.weights, mask).probabilities(delta)  # (I, J)
+        P = FactoredMarket.build(mu_, market.weights, mask, market.epsilon_scale).probabilities(delta)  # (I, J)
+        a = a / market.epsilon_scale  # ∂(u/λ)/∂p
         wP = market.weights[:, None] * P
         # ∂s_j/∂p_k = Σ_i w_i P_ij (1{j=k} − P_ik) a_ik
         jac = jnp.diag(jnp.sum(wP * a, axis=0)) - wP.T @ (P * a)
@@ -127,7 +128,7 @@ def share_price_jacobian(delta, theta, market, supply: SupplyMarket) -> Float[Ar
         rho = theta.rho
 
         def shifted(x):  # shares when u_ij moves by x_j a_ij
-            return shares(delta, mu_ + x[None, :] * a, market.weights, mask, market.nest_ids, rho)
+            return shares(delta, mu_ + x[None, :] * a, market.weights, mask, market.nest_ids, rho, market.epsilon_scale)
 
         jac = jax.jacfwd(shifted)(jnp.zeros_like(delta))
     both = mask[:, None] & mask[None, :]
@@ -138,7 +139,8 @@ def model_shares(delta, theta, market) -> Float[Array, " J"]:
     from .._model.market import market_mu
 
     rho = theta.rho if theta.nested else None
-    return shares(delta, market_mu(theta, market), market.weights, market.mask, market.nest_ids, rho)
+    mu_ = market_mu(theta, market)
+    return shares(delta, mu_, market.weights, market.mask, market.nest_ids, rho, market.epsilon_scale)
 
 
 def markups(delta, theta, market, supply: SupplyMarket, ownership=None, P=None) -> Float[Array, " J"]:
@@ -153,8 +155,9 @@ def markups(delta, theta, market, supply: SupplyMarket, ownership=None, P=None) 
         from .._model.market import market_mu
 
         if P is None:  # ``P``: the choice probabilities at δ, when the caller has them
-            P = FactoredMarket.build(market_mu(theta, market), market.weights, mask).probabilities(delta)
-        a = jnp.where(mask[None, :], utility_price_derivatives(theta, market, supply), 0.0)
+            P = FactoredMarket.build(market_mu(theta, market), market.weights, mask, market.epsilon_scale)
+            P = P.probabilities(delta)
+        a = jnp.where(mask[None, :], utility_price_derivatives(theta, market, supply), 0.0) / market.epsilon_scale
         return _bertrand_markups(P, a, market.weights, supply.firms, mask)
     J = delta.shape[0]
     if ownership is None:

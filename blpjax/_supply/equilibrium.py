@@ -142,7 +142,7 @@ def log_probabilities_at(p, theta: Theta, d: PriceDemand, available=None) -> tup
     """(log P_ij, log(1 + Σ exp)) at prices ``p``; ``available`` (J,) removes products from the choice set."""
     delta, mu_ = utilities(p, theta, d)
     mask = d.mask if available is None else d.mask & available
-    return choice(delta, mu_, mask, d.market.nest_ids, _rho(theta))
+    return choice(delta, mu_, mask, d.market.nest_ids, _rho(theta), d.market.epsilon_scale)
 
 
 def shares_at(p, theta: Theta, d: PriceDemand) -> Float[Array, " J"]:
@@ -152,7 +152,8 @@ def shares_at(p, theta: Theta, d: PriceDemand) -> Float[Array, " J"]:
 
 
 def alpha(theta: Theta, d: PriceDemand, p=None) -> Float[Array, "I J"]:
-    """α_ij = ∂u_ij/∂p_j at prices ``p`` (observed by default; 0 on padded products)."""
+    """α_ij = ∂u_ij/∂p_j at prices ``p`` (observed by default; 0 on padded products), in units of the logit error's
+    scale λ (divided by λ, so that ∂s/∂p and the log-sum surplus λ·log(1 + Σ exp(u/λ))/(∂u/∂p) need no other λ)."""
     m = d.market
     d_delta, dX2 = d.d_delta, d.dX2
     if d.terms is not None:  # formula columns: their derivatives at p by autodiff
@@ -161,6 +162,8 @@ def alpha(theta: Theta, d: PriceDemand, p=None) -> Float[Array, "I J"]:
         d_delta = x1_terms.derivative(new, "prices") @ d.beta
         dX2 = x2_terms.derivative(new, "prices")
     a = d_delta[None, :] + apply_coefficients(market_coefficients(theta, m), dX2)
+    if m.epsilon_scale != 1.0:
+        a = a / m.epsilon_scale
     return jnp.where(d.mask[None, :], a, 0.0)
 
 
