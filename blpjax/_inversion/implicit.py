@@ -137,11 +137,14 @@ def _is_zero(t):
 
 def _ift_tangent(delta, theta: Theta, market: Market, t_theta, t_market):
     """dδ = −(∂F/∂δ)⁻¹ (∂F/∂(θ, data) · tangents) at the solution δ (symbolic zeros skipped)."""
-    leaves, treedef = jax.tree_util.tree_flatten((theta, market))
+    # optional fields (None) are leaves of both trees, so that the two stay aligned wherever a None sits
+    leaves, treedef = jax.tree_util.tree_flatten((theta, market), is_leaf=lambda x: x is None)
     t_leaves = jax.tree_util.tree_leaves((t_theta, t_market), is_leaf=_is_zero)
     # eqx.filter_custom_jvp gives None for non-differentiated leaves
     active = [
-        i for i, t in enumerate(t_leaves) if not _is_zero(t) and jnp.issubdtype(jnp.result_type(leaves[i]), jnp.inexact)
+        i
+        for i, t in enumerate(t_leaves)
+        if not _is_zero(t) and leaves[i] is not None and jnp.issubdtype(jnp.result_type(leaves[i]), jnp.inexact)
     ]
     if not active:
         return jnp.zeros_like(delta)
