@@ -161,7 +161,7 @@ def main(argv=None) -> int:
 
     rows = []
     for name in args.problems:
-        stdout, seconds = _run([__file__, "--child", name, "--repeats", str(args.repeats)], 75)
+        stdout, seconds = _run([__file__, "--child", name, "--repeats", str(args.repeats)], 90)
         row = _result(stdout)
         if row is None:
             print(f"{name}: no result after {seconds:.0f} s\n{stdout[-2000:]}", flush=True)

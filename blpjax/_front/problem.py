@@ -416,7 +416,7 @@ class Problem:
             se_type / W_type: ``"robust"``, ``"unadjusted"`` or ``"clustered"`` (needs
                 ``clustering_ids``) for standard errors / the updated weighting matrix.
             optimizer: default ``ScipyOptimizer()`` (BFGS without bounds, L-BFGS-B with them; gtol 1e-8).
-            contraction: default ``ContractionConfig()`` (SQUAREM, tol 1e-14).
+            contraction: default ``ContractionConfig()`` (Anderson for large markets, SQUAREM for small; tol 1e-14).
             sigma_bounds, pi_bounds, rho_bounds: ``(lower, upper)`` like the parameters.
             beta, gamma: PyBLP's: per X1 (X3) column, NaN or None concentrates the parameter out (the default for
                 all), 0 fixes it at zero, another value is a starting value for a parameter optimised with θ (needed

@@ -127,6 +127,7 @@ def _log_share_jacobian(delta, theta: Theta, market: Market) -> Float[Array, "J 
 
 @eqx.filter_custom_jvp
 def _solve(theta: Theta, market: Market, delta0: Array, config: ContractionConfig) -> FixedPoint:
+    config = config.for_market(market.mask.shape[-1], market.weights.shape[-1])  # "auto" by the market's size
     newton = newton_map(theta, market) if config.method == "newton" else None
     return fixed_point(contraction_map(theta, market), delta0, market.mask, config, newton)
 
