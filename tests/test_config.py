@@ -155,3 +155,15 @@ def test_chunked_moment_jacobian_equals_jacfwd():
             np.testing.assert_allclose(float(aux), float(jnp.sum(x)), rtol=1e-15)
         jaxpr = jax.make_jaxpr(inline_nested(lambda y: jacobian_with_aux(f, y, elements)))(x)
     assert any(e.primitive.name == "scan" for e in jaxpr.jaxpr.eqns)
+
+
+def test_auto_contraction_method_picks_by_market_size():
+    """The default inner solver: SQUAREM for small markets, Anderson from 4,096 product × agent pairs; an explicit
+    method is kept."""
+    auto = blpjax.ContractionConfig()
+    assert auto.method == "auto"
+    assert auto.for_market(24, 20).method == "squarem"  # Nevo
+    assert auto.for_market(150, 200).method == "anderson"  # BLP autos
+    assert auto.for_market(64, 64).method == "anderson"
+    assert auto.for_market(64, 63).method == "squarem"
+    assert blpjax.ContractionConfig(method="squarem").for_market(150, 200).method == "squarem"
