@@ -24,7 +24,7 @@ from scipy.stats import norm, qmc
 from .._base.errors import BLPSpecificationError
 
 RULES = ("monte_carlo", "halton", "lhs", "mlhs", "product", "grid", "nested_product", "nested_grid")
-NESTED_LEVELS = 15
+NESTED_LEVELS = 25
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Integration:
             ``nested_product``, ``nested_grid`` (PyBLP's names and rules).
         size: draws per market (simulation rules), points per dimension (``product``) or the
             accuracy level (``grid`` and the nested rules: exact for polynomials of degree
-            2·size − 1; the nested rules up to level 15).
+            2·size − 1; the nested rules up to level 25).
         seed: seed of NumPy's generator for the simulation rules (markets get independent streams).
 
     Example:
@@ -55,7 +55,7 @@ class Integration:
         if self.rule.startswith("nested") and int(self.size) > NESTED_LEVELS:
             raise BLPSpecificationError(
                 f"Integration({self.rule!r}, {self.size}): the nested rules are built up to level {NESTED_LEVELS} "
-                "(19 nodes per dimension, exact to degree 29). Use a lower level, or 'grid'/'product' for more."
+                "(35 nodes per dimension, exact to degree 51), as PyBLP's. Use a lower level, or 'grid'/'product'."
             )
 
     @property
@@ -120,29 +120,52 @@ def _extend(old: list, added: int) -> list:
     return sorted(old + new + [-x for x in new])
 
 
+def _degree(nodes, weights) -> int:
+    """The largest d such that the rule integrates every x^k, k ≤ d, exactly under N(0, 1) (odd k by symmetry)."""
+    d = 0
+    while abs(sum(w * x ** (d + 2) for x, w in zip(nodes, weights, strict=True)) - _moment(d + 2)) < mpmath.mpf(10) ** (
+        -40
+    ) * _moment(d + 2):
+        d += 2
+    return d + 1
+
+
+@lru_cache
+def _nested_rules() -> tuple[tuple[int, list, list], ...]:
+    """Every nested rule with its degree, smallest first: (degree, nodes, weights) at 80 digits.
+
+    Kronrod–Patterson steps extend {0} to 3, 9, 19 and 35 nodes (Genz and Keister, 1996); between them Heiss and
+    Winschel (2008) use the rules that leave out the middle pair of the nodes the next step adds (7 and 17 nodes),
+    or of the 8 pairs of the last step both middle pairs, then the lower one (31 and 33 nodes). Weights are interpolatory (they integrate x^k exactly for k below the number of nodes).
+    """
+    with mpmath.workdps(80):
+        chain = [[mpmath.mpf(0)]]
+        for added in (2, 6, 10, 16):
+            chain.append(_extend(chain[-1], added))
+        rules = [chain[0]]
+        for before, after in zip(chain, chain[1:], strict=False):
+            new = sorted(x for x in after if x > 0 and all(abs(x - o) > 1e-40 for o in before))
+            if len(new) > 1:  # the middle pair left out; of two middle pairs, both, then the lower one
+                k = len(new) // 2
+                for middle in ([new[k]],) if len(new) % 2 else ([new[k - 1], new[k]], [new[k - 1]]):
+                    rules.append([x for x in after if all(abs(abs(x) - m) > 1e-40 for m in middle)])
+            rules.append(after)
+        out = []
+        for nodes in rules:
+            vandermonde = mpmath.matrix([[x**k for x in nodes] for k in range(len(nodes))])
+            weights = list(mpmath.lu_solve(vandermonde, mpmath.matrix([_moment(k) for k in range(len(nodes))])))
+            out.append((_degree(nodes, weights), nodes, weights))
+        return tuple(sorted(out, key=lambda r: len(r[1])))
+
+
 @lru_cache
 def nested_rule(level: int) -> tuple[np.ndarray, np.ndarray]:
-    """The nested (Genz–Keister) univariate rule of a level, exact to degree 2·level − 1 for N(0, 1).
-
-    The sequence extends {0} by Kronrod–Patterson steps to 3, 9 and 19 nodes; Heiss and Winschel
-    (2008) use between them the 7- and 17-node rules that leave out the middle pair of the nodes the
-    next step adds. Weights are interpolatory (they integrate x^k exactly for k below the number of
-    nodes), computed at 60 digits.
-    """
-    with mpmath.workdps(60):
-        rules = {1: [mpmath.mpf(0)]}
-        rules[3] = _extend(rules[1], 2)
-        rules[9] = _extend(rules[3], 6)
-        rules[19] = _extend(rules[9], 10)
-        for small, large, before in ((7, 9, 3), (17, 19, 9)):
-            added = sorted(x for x in rules[large] if x > 0 and all(abs(x - o) > 1e-30 for o in rules[before]))
-            middle = added[len(added) // 2]
-            rules[small] = [x for x in rules[large] if abs(abs(x) - middle) > 1e-30]
-        size = {1: 1, 2: 3, 3: 3, 4: 7}.get(level, 9 if level <= 8 else 17 if level == 9 else 19)
-        nodes = rules[size]
-        vandermonde = mpmath.matrix([[x**k for x in nodes] for k in range(size)])
-        weights = mpmath.lu_solve(vandermonde, mpmath.matrix([_moment(k) for k in range(size)]))
-        return np.array([float(x) for x in nodes]), np.array([float(w) for w in weights])
+    """The nested (Genz–Keister) univariate rule of a level: the smallest of :func:`_nested_rules` exact to degree
+    2·level − 1 for N(0, 1), as PyBLP's tables (levels 1–25)."""
+    for degree, nodes, weights in _nested_rules():
+        if degree >= 2 * level - 1:
+            return np.array([float(x) for x in nodes]), np.array([float(w) for w in weights])
+    raise BLPSpecificationError(f"nested rules go up to level {NESTED_LEVELS}, not {level}.")
 
 
 def _univariate(level: int, nested: bool) -> tuple[np.ndarray, np.ndarray]:
