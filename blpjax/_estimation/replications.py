@@ -308,7 +308,7 @@ def estimate_replications(
         steps: 1 or 2 GMM steps (the second uses each replication's updated W).
         se_type, W_type: as in :meth:`Problem.solve`.
         optimizer: an :class:`OptaxOptimizer` (default ``OptaxOptimizer()``: optax L-BFGS, gtol 1e-8).
-        config: contraction settings (default SQUAREM, tol 1e-14).
+        config: contraction settings (default ``ContractionConfig()``: "auto", tol 1e-14).
         batch_size: vmap this many replications at a time (``lax.map`` over batches; 1 is a plain
             ``lax.map``); default :func:`default_batch_size` (all on an accelerator, 1 on CPU). A
             batch runs until its slowest replication stops; smaller batches also bound memory.
