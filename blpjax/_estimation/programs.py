@@ -151,7 +151,7 @@ def step_statistics(
     """
     N, mask = products.N, products.mask
     K1 = products.X1.shape[-1]
-    linear = spec.unpack(x).linear if spec is not None and spec.has_linear else None
+    linear = None if spec is None else spec.linear_at(x)
     g_delta = product_moments(sums, N)
     coefficients = conc.coefficients(g_delta, linear)  # (β, γ)
     beta = coefficients[:K1]
@@ -190,9 +190,7 @@ def step_statistics(
             through_pieces = through_pieces.at[:, free].set(G_theta[:, P_theta:])
         G_theta = G_theta[:, :P_theta]
         ZX = ZX - through_pieces
-        fixed = ~spec.concentrated
-        fixed[free] = False
-        estimated = np.r_[np.ones(P_theta, bool), ~fixed]
+        estimated = np.r_[np.ones(P_theta, bool), ~spec.fixed_linear]
     G = jnp.concatenate([G_theta, -ZX], axis=1)
     args = (mask, N)
     S_w = stacked_moment_covariances(blocks, *args, options.W_type, products.cluster_ids, products.n_clusters)
@@ -242,27 +240,22 @@ def _lam(conc, N, micro, linear):
     return lambda sums: jax.grad(lambda s: reduce(s, conc, N, micro, linear)[0])(sums)
 
 
-def _linear(work: Work, x):
-    """``Theta.linear`` at x: the linear parameters that are fixed or optimised with θ (None: all concentrated out)."""
-    return work.spec.unpack(x).linear if work.spec.has_linear else None
-
-
 def _value_and_grad_body(layout: Layout, work: Work, x, delta0, conc, ldata, micro, N: int):
-    linear = _linear(work, x)
+    linear = work.spec.linear_at(x)
     if isinstance(layout, Sharded):
         sums, grad, ev = layout.forward_and_gradient(work, x, ldata, delta0, _lam(conc, N, micro, linear))
     else:
         sums, ev, pull = layout.forward(work, x, ldata, delta0)
         grad = pull(_lam(conc, N, micro, linear)(sums))
     if work.spec.linear_free:  # q also depends on the linear parameters in x directly, through the moments
-        grad = grad + jax.grad(lambda y: reduce(sums, conc, N, micro, _linear(work, y))[0])(x)
+        grad = grad + jax.grad(lambda y: reduce(sums, conc, N, micro, work.spec.linear_at(y))[0])(x)
     q, reduced = reduce(sums, conc, N, micro, linear)
     return q, grad, ev, reduced
 
 
 def _value_body(layout: Layout, work: Work, x, delta0, conc, ldata, micro, N: int):
     sums, ev = layout.value(work, x, ldata, delta0)
-    q, reduced = reduce(sums, conc, N, micro, _linear(work, x))
+    q, reduced = reduce(sums, conc, N, micro, work.spec.linear_at(x))
     return q, (ev, reduced)
 
 

@@ -192,6 +192,18 @@ def _codes(values) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int64), np.asarray(uniques)
 
 
+def fixed_effect_codes(df: pd.DataFrame, absorb, frame: str) -> tuple[np.ndarray, list[int]]:
+    """(N, F) level codes of the absorbed columns (checked for missing values) and each one's number of levels."""
+    codes, sizes = [], []
+    for c in absorb:
+        if df[c].isna().any():
+            raise BLPDataError(f"{frame} column '{c}' (absorbed fixed effect) has missing values.")
+        k, uniques = _codes(df[c])
+        codes.append(k)
+        sizes.append(len(uniques))
+    return (np.column_stack(codes) if codes else np.zeros((len(df), 0), np.int64)), sizes
+
+
 def _pad(values: np.ndarray, t_index: np.ndarray, j_index: np.ndarray, T: int, J: int, fill=0.0) -> np.ndarray:
     out = np.full((T, J) + values.shape[1:], fill, dtype=values.dtype)
     out[t_index, j_index] = values
@@ -241,9 +253,7 @@ def build_products(
             f"collinear regressors: the constant '1' in X1 is absorbed by the fixed effects {list(absorb)}. "
             "Drop '1' from the linear characteristics."
         )
-    for c in absorb:
-        if df[c].isna().any():
-            raise BLPDataError(f"{frame} column '{c}' (absorbed fixed effect) has missing values.")
+    fe, fe_sizes = fixed_effect_codes(df, absorb, frame)  # missing values refused here, before any numerics
     if df["market_ids"].isna().any():
         raise BLPDataError("product_data column 'market_ids' has missing values.")
 
@@ -331,12 +341,6 @@ def build_products(
         n_clusters = len(cluster_uniques)
     else:
         cluster_codes, n_clusters = np.arange(len(df)), len(df)
-    fe_codes, fe_sizes = [], []
-    for c in absorb:
-        codes, uniques = _codes(df[c])
-        fe_codes.append(codes)
-        fe_sizes.append(len(uniques))
-    fe = np.column_stack(fe_codes) if fe_codes else np.zeros((len(df), 0), np.int64)
 
     # collinearity, after absorbing fixed effects (numpy, before any jitted numerics)
     if absorb:

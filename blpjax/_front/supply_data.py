@@ -9,7 +9,16 @@ import pandas as pd
 
 from .._base.errors import BLPDataError, BLPDataWarning, BLPSpecificationError
 from .._supply.bertrand import COSTS_TYPES
-from .data import CONSTANT, ENDOGENOUS, ProductIndex, _codes, _columns_by_prefix, _numeric, _rank_check, _require
+from .data import (
+    CONSTANT,
+    ENDOGENOUS,
+    ProductIndex,
+    _columns_by_prefix,
+    _numeric,
+    _rank_check,
+    _require,
+    fixed_effect_codes,
+)
 
 
 def build_supply_arrays(
@@ -104,14 +113,8 @@ def absorbed_columns(df: pd.DataFrame, index: ProductIndex, absorb, *columns: np
     """(padded fixed-effect codes, their sizes, each (N, K) array of ``columns`` absorbed within them)."""
     from .._engine.setup import absorb_columns
 
-    codes, sizes = [], []
-    for c in absorb:
-        if df[c].isna().any():
-            raise BLPDataError(f"{frame} column '{c}' (absorbed fixed effect) has missing values.")
-        k, uniques = _codes(df[c])
-        codes.append(k)
-        sizes.append(len(uniques))
-    fe_ids = index.padded(np.column_stack(codes)).astype(np.int64)
+    codes, sizes = fixed_effect_codes(df, absorb, frame)
+    fe_ids = index.padded(codes).astype(np.int64)
     widths = [a.shape[1] for a in columns]
     stacked = absorb_columns(index.padded(np.column_stack(columns)), fe_ids, index.rows >= 0, tuple(sizes), xp=np)
     return (fe_ids, tuple(sizes), *np.split(index.flat(stacked), np.cumsum(widths)[:-1], axis=1))

@@ -94,16 +94,27 @@ class ParameterSpec:
         """Whether some of (β, γ) is fixed or optimised with θ (else all are concentrated out)."""
         return bool(self.linear0.size) and not np.all(np.isnan(self.linear0))
 
+    @property
+    def fixed_linear(self) -> np.ndarray:
+        """Per (β, γ) entry: fixed by the user (neither concentrated out nor optimised)."""
+        fixed = ~np.isnan(self.linear0)
+        fixed[list(self.linear_free)] = False
+        return fixed
+
+    def linear_at(self, x):
+        """``Theta.linear`` at the optimiser's vector x (None when every linear parameter is concentrated out)."""
+        return self.unpack(x).linear if self.has_linear else None
+
     def estimate_bounds(self, K: int) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) of the results' (θ, β, γ) vector (K linear parameters): θ's bounds, those of linear
         parameters optimised with θ, and the values of fixed ones; unbounded where concentrated out."""
         P = self.P_theta
         lower, upper = np.r_[self.lower[:P], np.full(K, -np.inf)], np.r_[self.upper[:P], np.full(K, np.inf)]
         if self.has_linear:
-            fixed = ~np.isnan(self.linear0)
-            lower[self.P_theta :][fixed] = upper[self.P_theta :][fixed] = self.linear0[fixed]
-            free = self.P_theta + np.asarray(self.linear_free, np.int64)
-            lower[free], upper[free] = self.lower[self.P_theta :], self.upper[self.P_theta :]
+            fixed = self.fixed_linear
+            lower[P:][fixed] = upper[P:][fixed] = self.linear0[fixed]
+            free = P + np.asarray(self.linear_free, np.int64)
+            lower[free], upper[free] = self.lower[P:], self.upper[P:]
         return lower, upper
 
     @property
@@ -282,15 +293,12 @@ def build_parameters(
                 )
             v = np.full(len(names), np.nan) if value is None else _linear_values(name, value, len(names))
             b = beta_bounds if name == "beta" else gamma_bounds
-            lo, hi = bounds(name, None, v)
-            if b is not None:
-                lo, hi = (np.broadcast_to(np.asarray(e, np.float64), v.shape) for e in b)
-                if np.any(np.isnan(v) & (np.isfinite(lo) | np.isfinite(hi))):
-                    raise BLPSpecificationError(
-                        f"{name}_bounds bound a parameter that is concentrated out (NaN in {name}); give it a "
-                        f"starting value in {name} to optimise it within the bounds (PyBLP's convention)."
-                    )
-                lo, hi = bounds(name, b, np.where(np.isnan(v), 0.0, v))
+            if b is not None and any(np.any(np.isnan(v) & np.isfinite(np.asarray(e, np.float64))) for e in b):
+                raise BLPSpecificationError(
+                    f"{name}_bounds bound a parameter that is concentrated out (NaN in {name}); give it a "
+                    f"starting value in {name} to optimise it within the bounds (PyBLP's convention)."
+                )
+            lo, hi = bounds(name, b, np.where(np.isnan(v), 0.0, v))
             parts.append((name, v, lo, hi, names))
         linear0 = np.concatenate([v for _, v, _, _, _ in parts])
         k = 0

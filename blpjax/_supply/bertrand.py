@@ -110,22 +110,27 @@ def utility_price_derivatives(theta, market, supply: SupplyMarket) -> Float[Arra
     return out
 
 
+def _scaled_price_derivatives(theta, market, supply: SupplyMarket) -> Float[Array, "I J"]:
+    """∂(u_ij/λ)/∂p_j, 0 on padded products: what the closed-form share derivatives multiply the probabilities by."""
+    a = utility_price_derivatives(theta, market, supply) / market.epsilon_scale
+    return jnp.where(market.mask[None, :], a, 0.0)
+
+
 def share_price_jacobian(delta, theta, market, supply: SupplyMarket) -> Float[Array, "J J"]:
     """∂s_j/∂p_k of one market (zero rows/columns on padded products)."""
     from .._inversion.implicit import market_mu  # local: _implicit imports nothing from here
 
     mask = market.mask
     mu_ = market_mu(theta, market)
-    a = utility_price_derivatives(theta, market, supply)
-    a = jnp.where(mask[None, :], a, 0.0)
     if not theta.nested:
         P = FactoredMarket.build(mu_, market.weights, mask, market.epsilon_scale).probabilities(delta)  # (I, J)
-        a = a / market.epsilon_scale  # ∂(u/λ)/∂p
+        a = _scaled_price_derivatives(theta, market, supply)
         wP = market.weights[:, None] * P
         # ∂s_j/∂p_k = Σ_i w_i P_ij (1{j=k} − P_ik) a_ik
         jac = jnp.diag(jnp.sum(wP * a, axis=0)) - wP.T @ (P * a)
     else:
         rho = theta.rho
+        a = jnp.where(mask[None, :], utility_price_derivatives(theta, market, supply), 0.0)
 
         def shifted(x):  # shares when u_ij moves by x_j a_ij
             return shares(delta, mu_ + x[None, :] * a, market.weights, mask, market.nest_ids, rho, market.epsilon_scale)
@@ -157,8 +162,9 @@ def markups(delta, theta, market, supply: SupplyMarket, ownership=None, P=None) 
         if P is None:  # ``P``: the choice probabilities at δ, when the caller has them
             P = FactoredMarket.build(market_mu(theta, market), market.weights, mask, market.epsilon_scale)
             P = P.probabilities(delta)
-        a = jnp.where(mask[None, :], utility_price_derivatives(theta, market, supply), 0.0) / market.epsilon_scale
-        return _bertrand_markups(P, a, market.weights, supply.firms, mask)
+        return _bertrand_markups(
+            P, _scaled_price_derivatives(theta, market, supply), market.weights, supply.firms, mask
+        )
     J = delta.shape[0]
     if ownership is None:
         ownership = ownership_matrix(supply.firm_ids, mask)
