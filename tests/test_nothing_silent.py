@@ -129,7 +129,7 @@ def test_tolerances_w_and_methods_each_change_the_answer(rc_problem):
     """Every option that changes the answer reaches the compiled program or its inputs: re-solves of one parameter
     structure in one process, each differing from a baseline in one option, each showing that option's effect."""
     base = rc_problem.solve(SIGMA, PI, method="1s")
-    loose = rc_problem.solve(SIGMA, PI, method="1s", contraction=blpjax.ContractionConfig(tol=1e-6))
+    loose = rc_problem.solve(SIGMA, PI, method="1s", contraction=blpjax.ContractionConfig(tol=1e-9))
     assert loose.contraction_summary["mean_evaluations"] < base.contraction_summary["mean_evaluations"]
     coarse = rc_problem.solve(SIGMA, PI, method="1s", optimizer=blpjax.ScipyOptimizer(gtol=1e-1), throw=False)
     assert coarse.final.optimizer.iterations < base.final.optimizer.iterations

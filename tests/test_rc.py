@@ -295,12 +295,14 @@ def test_every_method_converges_from_a_far_warm_start():
     share vanishes and g(δ) = δ + log ΣS shifts every δ alike with a constant residual, where extrapolation has no
     direction of descent. SQUAREM used to hit the 5,000-evaluation cap here and Anderson to jump to δ ≈ 7,800 (found
     on Mixtape Exercise 2.5); the stall guard (plain steps after 100 evaluations without progress) and Anderson's
-    bounded extrapolation make every method reach the fixed point that plain iteration (a contraction) reaches."""
+    bounded extrapolation make every method reach the fixed point that plain iteration (a contraction) reaches
+    (without the logit start, which would otherwise avoid this start: the next test)."""
     _, _, bp, sigma, pi = _nevo()
     delta0 = np.asarray(bp.objective(sigma, pi).delta0) + 50.0
     solved = {}
     for method in ("simple", "squarem", "anderson", "newton"):
-        obj = bp.objective(sigma, pi, contraction=ContractionConfig(method=method), delta=delta0)
+        config = ContractionConfig(method=method, logit_start=False)
+        obj = bp.objective(sigma, pi, contraction=config, delta=delta0)
         q, aux = obj.value_and_aux(obj.x0)
         assert np.all(np.asarray(aux.status) == Status.CONVERGED), method
         assert np.isfinite(q)
@@ -308,6 +310,37 @@ def test_every_method_converges_from_a_far_warm_start():
     np.testing.assert_allclose(solved["squarem"], solved["simple"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(solved["anderson"], solved["simple"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(solved["newton"], solved["simple"], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["squarem", "anderson", "newton"])
+def test_logit_start_replaces_a_far_or_broken_warm_start(method):
+    """Every solve also evaluates the map at the logit δ and goes on from whichever start has the smaller residual:
+    from a warm start 50 above the solution (or NaN) each market starts from the logit δ instead, and reaches the δ
+    that the far start reaches, in fewer evaluations (the far start alone saturates the map: previous test);
+    from a good warm start (the solution itself) it costs one evaluation per market."""
+    _, _, bp, sigma, pi = _nevo()
+    base = bp.objective(sigma, pi)
+    delta0 = np.asarray(base.delta0)
+    out = {}
+    for start, shift in (("far", 50.0), ("nan", np.nan)):
+        for logit_start in (False, True):
+            config = ContractionConfig(method=method, logit_start=logit_start)
+            _, aux = bp.objective(sigma, pi, contraction=config, delta=delta0 + shift).value_and_aux(base.x0)
+            out[start, logit_start] = aux
+    assert np.all(np.asarray(out["far", True].status) == Status.CONVERGED)
+    assert np.all(np.asarray(out["far", False].status) == Status.CONVERGED)
+    np.testing.assert_allclose(out["far", True].delta, out["far", False].delta, rtol=0, atol=1e-12)
+    evaluations = {k: np.asarray(out["far", k].evaluations) for k in (False, True)}
+    assert evaluations[True].mean() < 0.8 * evaluations[False].mean()
+    assert evaluations[True].max() < evaluations[False].max()
+    assert np.all(np.asarray(out["nan", False].status) == Status.NONFINITE)  # nothing to go on from
+    assert np.all(np.asarray(out["nan", True].status) == Status.CONVERGED)
+    np.testing.assert_allclose(out["nan", True].delta, out["far", False].delta, rtol=0, atol=1e-12)
+    solution = np.asarray(out["far", False].delta)
+    for logit_start, extra in ((False, 0), (True, 1)):
+        config = ContractionConfig(method=method, logit_start=logit_start)
+        _, aux = bp.objective(sigma, pi, contraction=config, delta=solution).value_and_aux(base.x0)
+        assert np.asarray(aux.evaluations).max() <= 2 + extra  # at most a step or two: it is the solution
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])  # 3: a hard problem (σ and Π tripled: shares near 0 and 1)

@@ -26,7 +26,8 @@ import jax.scipy.linalg as jsl
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float
 
-from .._model.market import Market, Theta, market_log_shares, market_mu
+from .._model.logit import logit_delta
+from .._model.market import Market, Theta, market_log_shares, market_mu_t
 from .._model.shares import FactoredMarket
 from .contraction import ContractionConfig, FixedPoint, fixed_point
 
@@ -59,15 +60,15 @@ def _factored_parts(theta: Theta, market: Market):
     FactoredMarket.log_shares_shifted with exp(−m) hoisted out of the loop and the J + 1 exponentials of a step in
     one vector (one exponential kernel per step: faster, and less code to compile)."""
     mask = market.mask
-    fm = FactoredMarket.build(market_mu(theta, market), market.weights, mask, market.epsilon_scale)
+    fm = FactoredMarket.build_t(market_mu_t(theta, market), market.weights, mask, market.epsilon_scale)
     exp_neg_m = jnp.exp(-fm.m)
 
     def parts(delta):
         delta = fm.scaled(delta)
         c = jnp.max(jnp.where(mask, delta, -jnp.inf))
         ex = jnp.exp(jnp.concatenate([jnp.where(mask, delta - c, -jnp.inf), -c[None]]))
-        denominators = exp_neg_m * ex[-1] + fm.E @ ex[:-1]
-        inner = fm.E.T @ (fm.weights / denominators)
+        denominators = exp_neg_m * ex[-1] + ex[:-1] @ fm.E
+        inner = fm.E @ (fm.weights / denominators)
         return c, ex, denominators, inner
 
     return parts, fm
@@ -109,9 +110,9 @@ def newton_map(theta: Theta, market: Market):
         c, ex, denominators, inner = parts(delta)
         log_inner = jnp.log(jnp.maximum(inner, 1e-300))
         gx = jnp.where(mask, scale * (log_S + c - log_inner), delta)
-        P = E * ex[None, :-1] / denominators[:, None]  # P_ij (0 on padding)
-        s = ex[:-1] * inner  # s_j = e_j Σ_i w_i E_ij / den_i
-        D = (jnp.diag(s) - (P * weights[:, None]).T @ P) / jnp.where(mask, s, 1.0)[:, None] / scale
+        P = E * ex[:-1, None] / denominators[None, :]  # P_ji (0 on padding)
+        s = ex[:-1] * inner  # s_j = e_j Σ_i w_i E_ji / den_i
+        D = (jnp.diag(s) - (P * weights[None, :]) @ P.T) / jnp.where(mask, s, 1.0)[:, None] / scale
         return finish(delta, gx, fm.scaled(delta) - c + log_inner, D)
 
     return step
@@ -129,7 +130,17 @@ def _log_share_jacobian(delta, theta: Theta, market: Market) -> Float[Array, "J 
 def _solve(theta: Theta, market: Market, delta0: Array, config: ContractionConfig) -> FixedPoint:
     config = config.for_market(market.mask.shape[-1], market.weights.shape[-1])  # "auto" by the market's size
     newton = newton_map(theta, market) if config.method == "newton" else None
-    return fixed_point(contraction_map(theta, market), delta0, market.mask, config, newton)
+    alt = logit_start(theta, market) if config.logit_start else None
+    return fixed_point(contraction_map(theta, market), delta0, market.mask, config, newton, alt)
+
+
+def logit_start(theta: Theta, market: Market) -> Float[Array, " J"]:
+    """The (nested) logit inversion of the market's observed shares (times λ): δ at Σ = Π = 0, the second start
+    of every solve (``ContractionConfig.logit_start``)."""
+    mask = market.mask
+    shares = jnp.where(mask, jnp.exp(market.log_shares), 0.0)
+    delta = logit_delta(shares, mask, market.nest_ids, theta.rho if theta.nested else None)
+    return delta if market.epsilon_scale == 1.0 else market.epsilon_scale * delta
 
 
 def _is_zero(t):
@@ -167,7 +178,7 @@ def _ift_tangent(delta, theta: Theta, market: Market, t_theta, t_market):
     t_weights = t_leaves[index.weights] if index.weights in active else None
     t_log_shares = t_leaves[index.log_shares] if index.log_shares in active else None
     through_mu = [i for i in active if i not in (index.weights, index.log_shares)]
-    t_mu = jvp(market_mu, through_mu) if through_mu else None
+    t_mu = jvp(market_mu_t, through_mu) if through_mu else None
     return _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares)
 
 
@@ -180,7 +191,7 @@ def _ift_tangent_generic(delta, theta, market, jvp, active):
 
 
 def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares):
-    """Models without nesting, in closed form from the choice probabilities P (I×J) at δ.
+    """Models without nesting, in closed form from the choice probabilities P at δ (stored (J, I): products by agents).
 
     With s = Pᵀw, multiplying F = log s − log S = 0 through by diag(s) gives
     H dδ = −(ds − s ⊙ d log S) with H = diag(s) − Pᵀ diag(w) P = diag(s) ∂ log s/∂δ (symmetric) and
@@ -189,19 +200,19 @@ def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares):
     is traced, and the symmetric solve lets reverse mode reuse the same factorisation untransposed.
     """
     mask, scale = market.mask, market.epsilon_scale  # in units of λ: d(δ/λ) from d(μ/λ), then times λ
-    P = FactoredMarket.build(market_mu(theta, market), market.weights, mask, scale).probabilities(delta)  # (I, J)
-    wP = market.weights[:, None] * P
-    s = jnp.sum(wP, axis=0)
+    P = FactoredMarket.build_t(market_mu_t(theta, market), market.weights, mask, scale).probabilities_t(delta)  # (J, I)
+    wP = P * market.weights[None, :]
+    s = jnp.sum(wP, axis=1)
     rhs = jnp.zeros_like(delta)
-    if t_mu is not None:
-        t_mu = jnp.where(mask[None, :], t_mu / scale, 0.0)
-        rhs = rhs + jnp.sum(wP * (t_mu - jnp.sum(P * t_mu, axis=1, keepdims=True)), axis=0)
+    if t_mu is not None:  # (J, I)
+        t_mu = jnp.where(mask[:, None], t_mu / scale, 0.0)
+        rhs = rhs + jnp.sum(wP * (t_mu - jnp.sum(P * t_mu, axis=0, keepdims=True)), axis=1)
     if t_weights is not None:
-        rhs = rhs + t_weights @ P
+        rhs = rhs + P @ t_weights
     if t_log_shares is not None:
         rhs = rhs - s * t_log_shares
     rhs = jnp.where(mask, rhs, 0.0)
-    H = jnp.where(mask[:, None] & mask[None, :], jnp.diag(s) - wP.T @ P, jnp.eye(delta.shape[0], dtype=delta.dtype))
+    H = jnp.where(mask[:, None] & mask[None, :], jnp.diag(s) - wP @ P.T, jnp.eye(delta.shape[0], dtype=delta.dtype))
     # the factorisation is not differentiated: custom_linear_solve differentiates through H @ v instead
     # H is symmetric positive definite (a multinomial covariance with an outside good; identity on
     # padding): a Cholesky factorisation, cheaper than LU and without pivoting

@@ -11,7 +11,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .shares import apply_coefficients, log_shares, random_coefficients
+from .shares import apply_coefficients, apply_coefficients_t, log_shares, random_coefficients
 
 
 class Theta(eqx.Module):
@@ -67,6 +67,14 @@ def market_mu_at(theta: Theta, market: Market, X2: Float[Array, "J K2"]) -> Floa
 
 def market_mu(theta: Theta, market: Market) -> Float[Array, "I J"]:
     return market_mu_at(theta, market, market.X2)
+
+
+def market_mu_t(theta: Theta, market: Market) -> Float[Array, "J I"]:
+    """μ transposed, (J, I): the layout of the fast share evaluations (:class:`.shares.FactoredMarket`)."""
+    out = apply_coefficients_t(market_coefficients(theta, market), market.X2)
+    if market.availability is not None:
+        out = jnp.where(market.availability.T > 0, out, -jnp.inf)
+    return out
 
 
 def market_log_shares(delta, theta: Theta, market: Market):

@@ -118,7 +118,7 @@ def _scaled_price_derivatives(theta, market, supply: SupplyMarket) -> Float[Arra
 
 def share_price_jacobian(delta, theta, market, supply: SupplyMarket) -> Float[Array, "J J"]:
     """∂s_j/∂p_k of one market (zero rows/columns on padded products)."""
-    from .._inversion.implicit import market_mu  # local: _implicit imports nothing from here
+    from .._model.market import market_mu
 
     mask = market.mask
     mu_ = market_mu(theta, market)
