@@ -27,7 +27,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float
 
 from .._model.logit import logit_delta
-from .._model.market import Market, Theta, market_log_shares, market_mu_t
+from .._model.market import Market, Theta, market_coefficients, market_log_shares, market_mu_t
 from .._model.shares import FactoredMarket
 from .contraction import ContractionConfig, FixedPoint, fixed_point
 
@@ -178,8 +178,15 @@ def _ift_tangent(delta, theta: Theta, market: Market, t_theta, t_market):
     t_weights = t_leaves[index.weights] if index.weights in active else None
     t_log_shares = t_leaves[index.log_shares] if index.log_shares in active else None
     through_mu = [i for i in active if i not in (index.weights, index.log_shares)]
+    t_coefficients = None
+    if market.product_demographics is None:
+        # θ, nodes and demographics move μ_ji = Σ_k X_jk c_ik through the coefficients c (I, K2) only: their tangent
+        # stays (I, K2) and the share tangents are products with the probabilities (no (J, I) tangent of μ)
+        through_c = [i for i in through_mu if i != index.X2]
+        through_mu = [i for i in through_mu if i == index.X2]
+        t_coefficients = jvp(market_coefficients, through_c) if through_c else None
     t_mu = jvp(market_mu_t, through_mu) if through_mu else None
-    return _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares)
+    return _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares, t_coefficients)
 
 
 def _ift_tangent_generic(delta, theta, market, jvp, active):
@@ -190,7 +197,7 @@ def _ift_tangent_generic(delta, theta, market, jvp, active):
     return -jsl.lu_solve(lu, b)
 
 
-def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares):
+def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares, t_coefficients=None):
     """Models without nesting, in closed form from the choice probabilities P at δ (stored (J, I): products by agents).
 
     With s = Pᵀw, multiplying F = log s − log S = 0 through by diag(s) gives
@@ -198,6 +205,11 @@ def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares):
     ds_j = Σ_i w_i P_ij (dμ_ij − Σ_k P_ik dμ_ik) + Σ_i dw_i P_ij. Tangents of θ, X2, nodes and
     demographics enter through dμ only (a JVP of the linear map to μ), so no derivative of the shares
     is traced, and the symmetric solve lets reverse mode reuse the same factorisation untransposed.
+
+    Tangents that move μ_ji = Σ_k X_jk c_ik through the random coefficients c only (θ, nodes, demographics:
+    ``t_coefficients``, (I, K2)) never form the (J, I) tangent of μ: with a_i = Σ_k (PᵀX)_ik dc_ik,
+    ds_j = Σ_k X_jk (wP dc)_jk − (wP a)_j, one product of wP with K2 + 1 columns (and in reverse mode its
+    transpose: the gradient reads the probabilities once more, not a cotangent of μ per parameter).
     """
     mask, scale = market.mask, market.epsilon_scale  # in units of λ: d(δ/λ) from d(μ/λ), then times λ
     P = FactoredMarket.build_t(market_mu_t(theta, market), market.weights, mask, scale).probabilities_t(delta)  # (J, I)
@@ -207,6 +219,12 @@ def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares):
     if t_mu is not None:  # (J, I)
         t_mu = jnp.where(mask[:, None], t_mu / scale, 0.0)
         rhs = rhs + jnp.sum(wP * (t_mu - jnp.sum(P * t_mu, axis=0, keepdims=True)), axis=1)
+    if t_coefficients is not None:  # (I, K2)
+        X = jnp.where(mask[:, None], market.X2, 0.0)
+        t_c = t_coefficients / scale
+        a = jnp.sum((P.T @ X) * t_c, axis=1)  # Σ_j P_ji dμ_ji per agent
+        both = wP @ jnp.concatenate([t_c, a[:, None]], axis=1)  # (J, K2 + 1)
+        rhs = rhs + jnp.sum(X * both[:, :-1], axis=1) - both[:, -1]
     if t_weights is not None:
         rhs = rhs + P @ t_weights
     if t_log_shares is not None:
