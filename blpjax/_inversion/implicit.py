@@ -28,7 +28,7 @@ from jaxtyping import Array, Float
 
 from .._model.logit import logit_delta
 from .._model.market import Market, Theta, market_coefficients, market_log_shares, market_mu_t
-from .._model.shares import FactoredMarket
+from .._model.shares import FactoredMarket, column_sums
 from .contraction import ContractionConfig, FixedPoint, fixed_point
 
 
@@ -67,7 +67,7 @@ def _factored_parts(theta: Theta, market: Market):
         delta = fm.scaled(delta)
         c = jnp.max(jnp.where(mask, delta, -jnp.inf))
         ex = jnp.exp(jnp.concatenate([jnp.where(mask, delta - c, -jnp.inf), -c[None]]))
-        denominators = exp_neg_m * ex[-1] + ex[:-1] @ fm.E
+        denominators = exp_neg_m * ex[-1] + column_sums(fm.E, ex[:-1, None])[:, 0]
         inner = fm.E @ (fm.weights / denominators)
         return c, ex, denominators, inner
 
@@ -198,39 +198,50 @@ def _ift_tangent_generic(delta, theta, market, jvp, active):
 
 
 def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares, t_coefficients=None):
-    """Models without nesting, in closed form from the choice probabilities P at δ (stored (J, I): products by agents).
+    """Models without nesting, in closed form from the choice probabilities at δ.
 
     With s = Pᵀw, multiplying F = log s − log S = 0 through by diag(s) gives
     H dδ = −(ds − s ⊙ d log S) with H = diag(s) − Pᵀ diag(w) P = diag(s) ∂ log s/∂δ (symmetric) and
-    ds_j = Σ_i w_i P_ij (dμ_ij − Σ_k P_ik dμ_ik) + Σ_i dw_i P_ij. Tangents of θ, X2, nodes and
-    demographics enter through dμ only (a JVP of the linear map to μ), so no derivative of the shares
-    is traced, and the symmetric solve lets reverse mode reuse the same factorisation untransposed.
+    ds_j = Σ_i w_i P_ij (dμ_ij − Σ_k P_ik dμ_ik) + Σ_i dw_i P_ij. No derivative of the shares is traced, and the
+    symmetric solve lets reverse mode reuse the same factorisation untransposed.
 
-    Tangents that move μ_ji = Σ_k X_jk c_ik through the random coefficients c only (θ, nodes, demographics:
-    ``t_coefficients``, (I, K2)) never form the (J, I) tangent of μ: with a_i = Σ_k (PᵀX)_ik dc_ik,
-    ds_j = Σ_k X_jk (wP dc)_jk − (wP a)_j, one product of wP with K2 + 1 columns (and in reverse mode its
-    transpose: the gradient reads the probabilities once more, not a cotangent of μ per parameter).
+    Every product is taken with exp(μ) (``FactoredMarket.E``, (J, I): the contraction's own array, which XLA shares
+    with it) and per-product and per-agent scales, P_ji = e_j E_ji / den_i, so P is never formed: H = diag(s) −
+    diag(e) E diag(w/den²) Eᵀ diag(e); s is the observed S (δ solves the share equations). Tangents that move
+    μ_ji = Σ_k X_jk c_ik through the random coefficients c only (θ, nodes, demographics: ``t_coefficients``,
+    (I, K2)) never form a (J, I) tangent of μ: with a_i = Σ_k (PᵀX)_ik dc_ik, ds_j = Σ_k X_jk (wP dc)_jk −
+    (wP a)_j, one product of E with K2 + 1 columns (and in reverse mode its transpose). Tangents of X2 or of
+    product-specific demographics move μ itself (``t_mu``, (J, I)).
     """
-    mask, scale = market.mask, market.epsilon_scale  # in units of λ: d(δ/λ) from d(μ/λ), then times λ
-    P = FactoredMarket.build_t(market_mu_t(theta, market), market.weights, mask, scale).probabilities_t(delta)  # (J, I)
-    wP = P * market.weights[None, :]
-    s = jnp.sum(wP, axis=1)
+    mask, scale, w = market.mask, market.epsilon_scale, market.weights  # in units of λ: d(δ/λ) from d(μ/λ), × λ
+    fm = FactoredMarket.build_t(market_mu_t(theta, market), w, mask, scale)
+    E = fm.E
+    d = fm.scaled(delta)
+    c = jnp.max(jnp.where(mask, d, -jnp.inf))
+    e = jnp.where(mask, jnp.exp(d - c), 0.0)
+    X = jnp.where(mask[:, None], market.X2, 0.0)
+    G = column_sums(E, jnp.concatenate([e[:, None], e[:, None] * X], axis=1))  # (I, 1 + K2): one read of E
+    den = jnp.exp(-fm.m - c) + G[:, 0]
+    inv = 1.0 / den
+    s = jnp.where(mask, jnp.exp(market.log_shares), 0.0)
     rhs = jnp.zeros_like(delta)
     if t_mu is not None:  # (J, I)
+        P = E * e[:, None] * inv[None, :]
         t_mu = jnp.where(mask[:, None], t_mu / scale, 0.0)
-        rhs = rhs + jnp.sum(wP * (t_mu - jnp.sum(P * t_mu, axis=0, keepdims=True)), axis=1)
+        rhs = rhs + jnp.sum(P * w[None, :] * (t_mu - jnp.sum(P * t_mu, axis=0, keepdims=True)), axis=1)
     if t_coefficients is not None:  # (I, K2)
-        X = jnp.where(mask[:, None], market.X2, 0.0)
         t_c = t_coefficients / scale
-        a = jnp.sum((P.T @ X) * t_c, axis=1)  # Σ_j P_ji dμ_ji per agent
-        both = wP @ jnp.concatenate([t_c, a[:, None]], axis=1)  # (J, K2 + 1)
+        a = jnp.sum(G[:, 1:] * inv[:, None] * t_c, axis=1)  # Σ_j P_ji dμ_ji per agent
+        both = e[:, None] * (E @ ((w * inv)[:, None] * jnp.concatenate([t_c, a[:, None]], axis=1)))  # (J, K2 + 1)
         rhs = rhs + jnp.sum(X * both[:, :-1], axis=1) - both[:, -1]
     if t_weights is not None:
-        rhs = rhs + P @ t_weights
+        rhs = rhs + e * (E @ (t_weights * inv))
     if t_log_shares is not None:
         rhs = rhs - s * t_log_shares
     rhs = jnp.where(mask, rhs, 0.0)
-    H = jnp.where(mask[:, None] & mask[None, :], jnp.diag(s) - wP @ P.T, jnp.eye(delta.shape[0], dtype=delta.dtype))
+    gram = (E * (w * inv * inv)[None, :]) @ E.T  # Σ_i E_ji E_ki w_i / den_i²
+    H = jnp.diag(s) - e[:, None] * gram * e[None, :]
+    H = jnp.where(mask[:, None] & mask[None, :], H, jnp.eye(delta.shape[0], dtype=delta.dtype))
     # the factorisation is not differentiated: custom_linear_solve differentiates through H @ v instead
     # H is symmetric positive definite (a multinomial covariance with an outside good; identity on
     # padding): a Cholesky factorisation, cheaper than LU and without pivoting

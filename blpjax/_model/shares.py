@@ -153,6 +153,13 @@ def shares(delta, mu_, weights, mask, nest_ids=None, rho=None, scale: float = 1.
     return jnp.where(mask, jnp.exp(log_shares(delta, mu_, weights, mask, nest_ids, rho, scale)), 0.0)
 
 
+def column_sums(E: Float[Array, "J I"], A: Float[Array, "J K"]) -> Float[Array, "I K"]:
+    """Eᵀ A (Σ_j E_ji A_jk) for a few columns K, as a broadcast product summed over the leading axis: with (J, I)
+    stored products by agents that sum runs along contiguous rows and vectorises, where XLA's CPU dot does not
+    (the Mixtape markets' Eᵀv: 0.75 against 1.2 ms, Eᵀ with three columns 0.9 against 3.3 ms; Intel, 2 cores)."""
+    return jnp.sum(E[:, :, None] * A[:, None, :], axis=0)
+
+
 class FactoredMarket(eqx.Module):
     """exp(μ) of one market, computed once per θ, for fast non-nested share evaluations.
 
@@ -188,7 +195,7 @@ class FactoredMarket(eqx.Module):
         delta = self.scaled(delta)
         c = jnp.max(jnp.where(self.mask, delta, NEG_INF))
         e = jnp.where(self.mask, jnp.exp(delta - c), 0.0)
-        denominators = jnp.exp(-self.m - c) + e @ self.E  # (I,)
+        denominators = jnp.exp(-self.m - c) + column_sums(self.E, e[:, None])[:, 0]  # (I,)
         return c, e, denominators
 
     def log_shares_shifted(self, delta):
