@@ -239,7 +239,11 @@ def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares, t
     if t_log_shares is not None:
         rhs = rhs - s * t_log_shares
     rhs = jnp.where(mask, rhs, 0.0)
-    gram = (E * (w * inv * inv)[None, :]) @ E.T  # Σ_i E_ji E_ki w_i / den_i²
+    # Σ_i E_ji E_ki w_i / den_i², with the weighted copy stored agents by products: XLA's CPU dot multiplies
+    # (J, I) by (I, J) faster than by (J, I) transposed (Mixtape's 94 markets: 4.2 against 5.8 ms), and the barrier
+    # keeps the layout pass from undoing the copy's layout
+    weighted = jax.lax.optimization_barrier((E * (w * inv * inv)[None, :]).T)
+    gram = E @ weighted
     H = jnp.diag(s) - e[:, None] * gram * e[None, :]
     H = jnp.where(mask[:, None] & mask[None, :], H, jnp.eye(delta.shape[0], dtype=delta.dtype))
     # the factorisation is not differentiated: custom_linear_solve differentiates through H @ v instead
