@@ -217,7 +217,7 @@ def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares, t
     fm = FactoredMarket.build_t(market_mu_t(theta, market), w, mask, scale)
     E = fm.E
     d = fm.scaled(delta)
-    c = jnp.max(jnp.where(mask, d, -jnp.inf))
+    c = jnp.where(jnp.any(mask), jnp.max(jnp.where(mask, d, -jnp.inf)), 0.0)  # 0 without products (inert markets)
     e = jnp.where(mask, jnp.exp(d - c), 0.0)
     X = jnp.where(mask[:, None], market.X2, 0.0)
     G = column_sums(E, jnp.concatenate([e[:, None], e[:, None] * X], axis=1))  # (I, 1 + K2): one read of E

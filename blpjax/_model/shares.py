@@ -55,25 +55,22 @@ def random_coefficients(
 BROADCAST_K2 = 3
 
 
-def apply_coefficients(coefficients, X: Float[Array, "J K2"]) -> Float[Array, "I J"]:
-    """Σ_k X_jk c_ik (or c_ijk with product-specific demographics)."""
-    if coefficients.ndim == 2:
-        K2 = X.shape[-1]
-        if 0 < K2 <= BROADCAST_K2:
-            return sum(coefficients[:, k, None] * X[None, :, k] for k in range(K2))
-        return coefficients @ X.T
-    return jnp.einsum("ijk,jk->ij", coefficients, X)
+def apply_coefficients(coefficients, X: Float[Array, "J K2"], transposed: bool = False) -> Float[Array, "I J"]:
+    """Σ_k X_jk c_ik (or c_ijk with product-specific demographics), (I, J); ``transposed``: (J, I), products by
+    agents, the layout of the share evaluations (a sum over products reduces along rows of contiguous agents, which
+    vectorises; (I, J) rows of J ≈ 20 do not)."""
+    if coefficients.ndim == 3:
+        return jnp.einsum("ijk,jk->ji" if transposed else "ijk,jk->ij", coefficients, X)
+    K2 = X.shape[-1]
+    if 0 < K2 <= BROADCAST_K2:
+        c, x = coefficients.T[:, None, :], X.T[:, :, None]  # (K2, 1, I) and (K2, J, 1)
+        return sum(x[k] * c[k] if transposed else (x[k] * c[k]).T for k in range(K2))
+    return X @ coefficients.T if transposed else coefficients @ X.T
 
 
 def apply_coefficients_t(coefficients, X: Float[Array, "J K2"]) -> Float[Array, "J I"]:
-    """:func:`apply_coefficients` transposed, (J, I): products by agents, the layout of the share evaluations (a sum
-    over products reduces along rows of contiguous agents, which vectorises; (I, J) rows of J ≈ 20 do not)."""
-    if coefficients.ndim == 2:
-        K2 = X.shape[-1]
-        if 0 < K2 <= BROADCAST_K2:
-            return sum(X[:, k, None] * coefficients[None, :, k] for k in range(K2))
-        return X @ coefficients.T
-    return jnp.einsum("ijk,jk->ji", coefficients, X)
+    """:func:`apply_coefficients` transposed, (J, I)."""
+    return apply_coefficients(coefficients, X, transposed=True)
 
 
 def mu(
