@@ -216,9 +216,7 @@ def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares, t
     mask, scale, w = market.mask, market.epsilon_scale, market.weights  # in units of λ: d(δ/λ) from d(μ/λ), × λ
     fm = FactoredMarket.build_t(market_mu_t(theta, market), w, mask, scale)
     E = fm.E
-    d = fm.scaled(delta)
-    c = jnp.where(jnp.any(mask), jnp.max(jnp.where(mask, d, -jnp.inf)), 0.0)  # 0 without products (inert markets)
-    e = jnp.where(mask, jnp.exp(d - c), 0.0)
+    c, e = fm.shifted_exp(delta)
     X = jnp.where(mask[:, None], market.X2, 0.0)
     G = column_sums(E, jnp.concatenate([e[:, None], e[:, None] * X], axis=1))  # (I, 1 + K2): one read of E
     den = jnp.exp(-fm.m - c) + G[:, 0]

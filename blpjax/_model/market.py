@@ -11,7 +11,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .shares import apply_coefficients, apply_coefficients_t, log_shares, random_coefficients
+from .shares import apply_coefficients, log_shares, random_coefficients
 
 
 class Theta(eqx.Module):
@@ -57,11 +57,14 @@ def market_coefficients(theta: Theta, market: Market):
     )
 
 
-def market_mu_at(theta: Theta, market: Market, X2: Float[Array, "J K2"]) -> Float[Array, "I J"]:
-    """μ_ij at characteristics ``X2``; −∞ where a product is not available to an agent."""
-    out = apply_coefficients(market_coefficients(theta, market), X2)
+def market_mu_at(
+    theta: Theta, market: Market, X2: Float[Array, "J K2"], transposed: bool = False
+) -> Float[Array, "I J"]:
+    """μ_ij at characteristics ``X2``; −∞ where a product is not available to an agent. ``transposed``: (J, I),
+    products by agents, the layout of the fast share evaluations (:class:`.shares.FactoredMarket`)."""
+    out = apply_coefficients(market_coefficients(theta, market), X2, transposed)
     if market.availability is not None:
-        out = jnp.where(market.availability > 0, out, -jnp.inf)
+        out = jnp.where((market.availability.T if transposed else market.availability) > 0, out, -jnp.inf)
     return out
 
 
@@ -70,11 +73,8 @@ def market_mu(theta: Theta, market: Market) -> Float[Array, "I J"]:
 
 
 def market_mu_t(theta: Theta, market: Market) -> Float[Array, "J I"]:
-    """μ transposed, (J, I): the layout of the fast share evaluations (:class:`.shares.FactoredMarket`)."""
-    out = apply_coefficients_t(market_coefficients(theta, market), market.X2)
-    if market.availability is not None:
-        out = jnp.where(market.availability.T > 0, out, -jnp.inf)
-    return out
+    """μ transposed, (J, I)."""
+    return market_mu_at(theta, market, market.X2, transposed=True)
 
 
 def market_log_shares(delta, theta: Theta, market: Market):

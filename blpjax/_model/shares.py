@@ -68,11 +68,6 @@ def apply_coefficients(coefficients, X: Float[Array, "J K2"], transposed: bool =
     return X @ coefficients.T if transposed else coefficients @ X.T
 
 
-def apply_coefficients_t(coefficients, X: Float[Array, "J K2"]) -> Float[Array, "J I"]:
-    """:func:`apply_coefficients` transposed, (J, I)."""
-    return apply_coefficients(coefficients, X, transposed=True)
-
-
 def mu(
     X2: Float[Array, "J K2"],
     sigma: Float[Array, "K2 K2"],
@@ -170,7 +165,7 @@ class FactoredMarket(eqx.Module):
     With m_i = max(0, max_j μ_ij) and c = max_j δ_j,
     s_j = e^{δ_j-c} Σ_i w_i E_ji / (e^{-m_i-c} + Σ_k E_ki e^{δ_k-c}),  E_ji = e^{μ_ij-m_i},
     in which no exponential can overflow. With an error scale λ ≠ 1, δ and μ are divided by λ first.
-    E is stored products by agents, (J, I) (see :func:`apply_coefficients_t`).
+    E is stored products by agents, (J, I) (see :func:`apply_coefficients`).
     """
 
     E: Float[Array, "J I"]
@@ -195,10 +190,15 @@ class FactoredMarket(eqx.Module):
         """δ/λ: mean utilities in units of the error's scale."""
         return delta if self.scale == 1.0 else delta / self.scale
 
-    def _terms(self, delta):
+    def shifted_exp(self, delta):
+        """(c, e): c = max_j δ_j/λ (0 in a market without products, so that everything below stays finite) and
+        e_j = exp(δ_j/λ − c), 0 on padding."""
         delta = self.scaled(delta)
-        c = jnp.max(jnp.where(self.mask, delta, NEG_INF))
-        e = jnp.where(self.mask, jnp.exp(delta - c), 0.0)
+        c = jnp.where(jnp.any(self.mask), jnp.max(jnp.where(self.mask, delta, NEG_INF)), 0.0)
+        return c, jnp.where(self.mask, jnp.exp(delta - c), 0.0)
+
+    def _terms(self, delta):
+        c, e = self.shifted_exp(delta)
         denominators = jnp.exp(-self.m - c) + column_sums(self.E, e[:, None])[:, 0]  # (I,)
         return c, e, denominators
 
