@@ -20,7 +20,7 @@ build on them. Names here may change between versions; the public names are thos
 - layouts: :class:`Padded`, :class:`Bucketed`, :class:`Sharded`, :func:`make_layout`,
   :func:`plan_buckets`, :func:`market_sizes`, :func:`market_mesh`, :func:`jacobian_with_aux`;
 - estimation: the GMM driver :func:`run_steps`, :class:`StepResult`, the optimiser loops
-  :func:`optax_minimize` and :func:`scipy_minimize`, replications :func:`stack_problems`,
+  :func:`optax_minimize` and :func:`scipy_minimize` (warm starts from :func:`predicted_start`), replications :func:`stack_problems`,
   :func:`estimate_replications`, :func:`default_batch_size`;
 - the front's helpers: :func:`results_at` (results at given parameters), the simulated studies
   (:func:`simulated_problems`, :func:`simulate_replications`, :data:`SIMULATED_SPECIFICATION`,
@@ -42,7 +42,7 @@ from ._engine.pieces import (
     reduce,
 )
 from ._estimation.driver import StepResult, run_steps
-from ._estimation.optimize import optax_minimize, scipy_minimize
+from ._estimation.optimize import optax_minimize, predicted_start, scipy_minimize
 from ._estimation.programs import Engine, StatisticsOptions
 from ._estimation.replications import default_batch_size, estimate_replications, stack_problems
 from ._front.cli import main as cli_main
@@ -134,6 +134,7 @@ __all__ = [
     "markups",
     "mu",
     "optax_minimize",
+    "predicted_start",
     "override",
     "ownership_from_firms",
     "ownership_matrix",

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import blpjax
-from blpjax.internal import Concentration, StatisticsOptions, plan_buckets, stack_problems
+from blpjax.internal import Concentration, StatisticsOptions, plan_buckets, predicted_start, stack_problems
 
 sys.path.insert(0, os.path.dirname(__file__))
 import layout_problems as lp  # noqa: E402
@@ -53,6 +53,8 @@ def at_fixed_theta(model: str, seed: int = 3, **layout) -> dict:
     q, g, ev, _ = engine.value_and_grad(x, problem.logit_delta(), conc)
     stats = engine.statistics(x, ev.delta, conc, StatisticsOptions())
     out = dict(q=q, gradient=g, se=stats.se, delta=ev.delta, status=ev.status, beta=stats.beta)
+    if ev.delta_jacobian is not None:  # demand only (forward-mode gradient): every layout gives it
+        out["delta_jacobian"] = ev.delta_jacobian
     if micro is not None:
         out["micro_values"] = stats.micro_values
     if stats.costs is not None:
@@ -89,6 +91,46 @@ def padded():
 )
 def test_every_layout_equals_padded_at_fixed_theta(padded, model, layout):
     assert_same(at_fixed_theta(model, **LAYOUTS[layout]), padded(model), f"{model} on {layout}")
+
+
+@pytest.mark.parametrize("model", ["demand", "nested", "both"])
+def test_delta_jacobian_equals_central_differences_of_solved_delta(model):
+    """The Evaluation's dδ/dx (the forward-mode gradient's by-product, demand only: with and without nesting) against
+    central differences of δ solved to 1e-14 at x ± h; the warm start predicted from it (``predicted_start``) is
+    second-order accurate: at a step of 1e-3 its error is a hundred times smaller than the unpredicted δ's. With a
+    supply side and micro moments the gradient is reverse mode and there is no dδ/dx (None), and the padded
+    gradient is checked against central differences of q."""
+    problem, start, moments = lp.problem(model)
+    micro = None if moments is None else problem.build_micro(moments)[0]
+    spec = problem.parameter_spec(**start)
+    engine = problem.engine(spec, blpjax.ContractionConfig(), micro=micro)
+    conc = engine.concentration(np.eye(problem.setup.M + (0 if micro is None else micro.MM)))
+    x = jnp.asarray(spec.x0)
+    q, g, ev, _ = engine.value_and_grad(x, problem.logit_delta(), conc)
+    h = 1e-5
+    if model == "both":
+        assert ev.delta_jacobian is None
+        value = lambda y: float(engine.value(y, ev.delta, conc)[0])  # noqa: E731
+        fd = [(value(x.at[k].add(h)) - value(x.at[k].add(-h))) / (2 * h) for k in range(x.shape[0])]
+        np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7 * np.abs(fd).max())
+        return
+    assert ev.delta_jacobian.shape == ev.delta.shape + x.shape
+    value = lambda y: float(engine.value(y, ev.delta, conc)[0])  # noqa: E731
+    fd = [(value(x.at[k].add(h)) - value(x.at[k].add(-h))) / (2 * h) for k in range(x.shape[0])]
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7 * np.abs(fd).max())  # the forward-mode gradient
+
+    def solved(y):
+        _, (e, _) = engine.value(y, ev.delta, conc)
+        assert not np.asarray(e.status).any()
+        return np.asarray(e.delta)
+
+    fd = np.stack([(solved(x.at[k].add(h)) - solved(x.at[k].add(-h))) / (2 * h) for k in range(x.shape[0])], axis=-1)
+    np.testing.assert_allclose(ev.delta_jacobian, fd, rtol=1e-6, atol=1e-7 * np.abs(fd).max())
+    step = 1e-3 * np.where(np.arange(x.shape[0]) % 2 == 0, 1.0, -1.0)
+    truth = solved(x + step)
+    predicted = np.asarray(predicted_start(ev.delta, ev.delta_jacobian, x + step, x))
+    plain_error, predicted_error = np.abs(np.asarray(ev.delta) - truth).max(), np.abs(predicted - truth).max()
+    assert predicted_error < plain_error / 100, (predicted_error, plain_error)
 
 
 @pytest.mark.parametrize(

@@ -45,12 +45,12 @@ class ContractionConfig(eqx.Module):
         anderson_memory: number of past steps Anderson acceleration mixes.
         anderson_max_step: the largest Anderson extrapolation, as a multiple of the plain step's size
             (‖g(x) − x‖∞); longer ones are shortened along their direction.
-        logit_start: also evaluate the map at the logit δ (the plain-logit inversion of the observed shares) and
-            start each market from whichever of it and the warm start has the smaller residual ‖g(δ) − δ‖∞: one more
-            evaluation per market and solve, against warm starts left far off by an optimiser's wild trial step (on
-            Mixtape Exercise 2.5, trust-constr's 10th evaluation: 247 evaluations from the last δ, 13 from the
-            logit δ). The iteration goes on from the chosen start's plain step, so the evaluation at the chosen
-            start is not repeated.
+        logit_start: where the warm start's residual ‖g(δ) − δ‖∞ exceeds ``SECOND_START_RESIDUAL`` (0.1), also
+            evaluate the map at the logit δ (the plain-logit inversion of the observed shares) and start the market
+            from whichever of the two has the smaller residual: one more evaluation then, against warm starts left
+            far off by an optimiser's wild trial step (on Mixtape Exercise 2.5, trust-constr's 10th evaluation: 247
+            evaluations from the last δ, 13 from the logit δ). The iteration goes on from the chosen start's plain
+            step, so the evaluation at the chosen start is not repeated.
     """
 
     method: str = eqx.field(static=True, default="auto")
@@ -175,14 +175,27 @@ def _safeguarded(s: _State, reject, gx, x_back, mask, tol, max_evaluations) -> _
     return jax.tree_util.tree_map(lambda a, b: jnp.where(reject, a, b), rejected, accepted)
 
 
+#: the second start is evaluated only where the first start's residual max |g(x₀) − x₀| exceeds this (or is not
+#: finite): a warm start that close beats the logit δ, whose residual is of the order of the random coefficients'
+#: utilities; the evaluation it saves is most of the cost of a solve from a good (predicted) warm start
+SECOND_START_RESIDUAL = 0.1
+
+
 def _two_starts(g, init: _State, x0, x1, mask, tol, max_evaluations, prime) -> _State:
-    """The state after evaluating g at both starts and taking a plain step from the one with the smaller residual
-    (two evaluations accounted; the method's memory primed as after its first iteration from that start)."""
-    g0, g1 = g(x0), g(x1)
-    use1 = jnp.isfinite(_step_norm(g1, x1, mask)) & ~(_step_norm(g0, x0, mask) <= _step_norm(g1, x1, mask))
+    """The state after evaluating g at the first start and, where its residual exceeds ``SECOND_START_RESIDUAL``,
+    at the second, and taking a plain step from the one with the smaller residual (the evaluations accounted; the
+    method's memory primed as after its first iteration from that start). The second evaluation sits in a loop of at
+    most one iteration, so that under ``vmap`` it costs nothing when no market of the batch needs it."""
+    g0 = g(x0)
+    norm0 = _step_norm(g0, x0, mask)
+    need = ~(norm0 <= SECOND_START_RESIDUAL)
+    _, g1, tried = jax.lax.while_loop(
+        lambda c: c[0], lambda c: (jnp.asarray(False), g(x1), jnp.asarray(True)), (need, x1, jnp.asarray(False))
+    )
+    use1 = tried & jnp.isfinite(_step_norm(g1, x1, mask)) & ~(norm0 <= _step_norm(g1, x1, mask))
     x, gx = jnp.where(use1, x1, x0), jnp.where(use1, g1, g0)
     s = _update(dataclasses.replace(init, x=x), gx, x, mask, tol, max_evaluations)
-    n = s.n + 1  # the other start's evaluation
+    n = s.n + tried.astype(s.n.dtype)  # the other start's evaluation
     exhausted = ~s.done & (n >= max_evaluations)
     status = jnp.where(exhausted, Status.MAX_EVALUATIONS, s.status)
     return dataclasses.replace(s, n=n, done=s.done | exhausted, status=status, extra=prime(x, gx))

@@ -288,7 +288,11 @@ class Bucketed(Layout):
         fp = self._scatter([o[1] for o in outs], delta0, None)
         aux = self._aux([o[2] for o in outs], *delta0.shape)
         pulls = [o[3] for o in outs]
-        return sums, Evaluation(fp.x, fp.evaluations, fp.status, aux), lambda lam: sum(p(lam) for p in pulls)
+        jac = None if any(o[4] is None for o in outs) else jnp.zeros(delta0.shape + x.shape, delta0.dtype)
+        for b, o in enumerate(outs if jac is not None else ()):
+            jac = jac.at[np.asarray(self.markets[b]), : self.J[b]].set(o[4])
+        evaluation = Evaluation(fp.x, fp.evaluations, fp.status, aux, jac)
+        return sums, evaluation, lambda lam: sum(p(lam) for p in pulls)
 
     def value(self, work: Work, x, ldata, delta0):
         outs = [group_value(work, x, d, self._take(delta0, b), self.batch) for b, d in enumerate(ldata)]

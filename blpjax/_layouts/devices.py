@@ -116,21 +116,21 @@ class Sharded(Layout):
     def markets_of(self, delta):
         return self._cut(delta, self.T)
 
-    def _evaluation(self, fp, aux, T) -> Evaluation:
-        x, evaluations, status, aux = self._cut((fp.x, fp.evaluations, fp.status, aux), T)
-        return Evaluation(x, evaluations, status, aux)
+    def _evaluation(self, fp, aux, T, jac=None) -> Evaluation:
+        x, evaluations, status, aux, jac = self._cut((fp.x, fp.evaluations, fp.status, aux, jac), T)
+        return Evaluation(x, evaluations, status, aux, jac)
 
     def forward_and_gradient(self, work: Work, x, ldata, delta0, lam_of: Callable):
         """(sums, λ'∂sums/∂x, Evaluation) with ``lam_of(sums) -> λ`` evaluated on every device after the psum."""
 
         def local(x, d, d0):
-            sums, fp, aux, pull = group_forward(work, x, d, d0, self.batch)
+            sums, fp, aux, pull, jac = group_forward(work, x, d, d0, self.batch)
             sums = jax.lax.psum(sums, AXIS)
             grad = jax.lax.psum(pull(lam_of(sums)), AXIS)
-            return sums, grad, fp, aux
+            return sums, grad, fp, aux, jac
 
-        sums, grad, fp, aux = self._shard(local, x, ldata, delta0, (P(), P(), P(AXIS), P(AXIS)))
-        return sums, grad, self._evaluation(fp, aux, self.T)
+        sums, grad, fp, aux, jac = self._shard(local, x, ldata, delta0, (P(), P(), P(AXIS), P(AXIS), P(AXIS)))
+        return sums, grad, self._evaluation(fp, aux, self.T, jac)
 
     def forward(
         self, work: Work, x, ldata, delta0

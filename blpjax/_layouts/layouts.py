@@ -47,12 +47,18 @@ AXIS = "markets"
 
 
 class Evaluation(eqx.Module):
-    """Per-market by-products of one objective evaluation, on the padded (T, J) / (T,) layout."""
+    """Per-market by-products of one objective evaluation, on the padded (T, J) / (T,) layout.
+
+    ``delta_jacobian``: dδ/dx at the solution, (T, J, P): the implicit derivative, a by-product of a forward-mode
+    gradient (:func:`_forward_mode`; None otherwise and from value-only evaluations). The next evaluation's warm
+    start is predicted to first order from it (:func:`.._estimation.optimize.predicted_start`).
+    """
 
     delta: Float[Array, "T J"]
     evaluations: Int[Array, " T"]
     status: Int[Array, " T"]
     aux: MarketAux  # batched over T
+    delta_jacobian: Float[Array, "T J P"] | None = None
 
 
 def _sum0(tree):
@@ -111,19 +117,52 @@ class GroupData(eqx.Module):
     subsets: tuple[SubsetData | None, ...] | None = None
 
 
-def group_forward(work: Work, x, data: GroupData, delta0, batch: int | None):
-    """Solve δ and sum the pieces of a group of markets; returns (sums, FixedPoint, aux, pullback).
+#: the gradient is taken by forward mode (giving dδ/dx as well) for at most this many parameters: per value-and-
+#: gradient call on 2 Intel cores, Mixtape Exercise 2.5 (P = 3) and the autos (P = 6) cost the same either way and
+#: then need fewer evaluations, while Nevo (P = 13, small markets) took 3.2 ms instead of 1.7 (2026-12-02)
+FORWARD_MODE_MAX_PARAMETERS = 8
 
-    ``pullback(λ)`` is λ'∂(sums)/∂x through the first-order implicit dδ/dθ at the solution. One
-    vmapped pass (``batch=None``: ``jax.vjp`` keeps every market's residuals) or two passes in chunks.
+
+def _forward_mode(work: Work, data: GroupData, P: int) -> bool:
+    """Whether the gradient is taken by forward mode, with dδ/dx as a by-product: demand only (no supply side, no
+    micro moments), μ moved through the coefficients (no product-specific demographics) and at most
+    ``FORWARD_MODE_MAX_PARAMETERS`` parameters. There the P tangents of θ stay (I, K2) per market, and all P of them
+    cost one product with exp(μ), as the single reverse pass does. Supply and micro pieces would carry P tangents of
+    the (J, I) probabilities: they keep reverse mode, and dδ/dx is not formed (a separate tangent of δ beside the
+    reverse pass cost Mixtape Exercise 3 more per call than the better warm start saved)."""
+    return (
+        P <= FORWARD_MODE_MAX_PARAMETERS
+        and work.statics.costs_type is None
+        and work.statics.datasets is None
+        and data.markets.market.product_demographics is None
+    )
+
+
+def _contract(lam, jacobian):
+    """λ'J for a pytree λ and its Jacobian (the same pytree, every leaf with a trailing P axis)."""
+    pairs = zip(jax.tree_util.tree_leaves(lam), jax.tree_util.tree_leaves(jacobian), strict=True)
+    return sum(jnp.tensordot(a, b, axes=a.ndim) for a, b in pairs)
+
+
+def group_forward(work: Work, x, data: GroupData, delta0, batch: int | None):
+    """Solve δ and sum the pieces of a group of markets; returns (sums, FixedPoint, aux, pullback, dδ/dx).
+
+    ``pullback(λ)`` is λ'∂(sums)/∂x through the first-order implicit dδ/dθ at the solution. One vmapped pass
+    (``batch=None``: every market's residuals kept) or passes in chunks. Where :func:`_forward_mode` says so, P
+    forward tangents give ∂(sums)/∂x and dδ/dx (T, J, P) together (in chunks: in the same pass as the solve); else
+    the gradient is a ``jax.vjp`` (in chunks: a second pass) and dδ/dx is None.
     """
     K2, statics = work.statics.K2, work.statics
     markets = data.markets
     theta0 = jax.lax.stop_gradient(work.spec.unpack(x))
 
+    def pinned_delta(th, d, dl):
+        return market_solution(th, d.market, dl, work.config, K2, True).x
+
     def pinned_pieces(y, d, dl):
         th = work.spec.unpack(y)
-        return market_pieces(th, d, market_solution(th, d.market, dl, work.config, K2, True).x, statics)
+        delta = pinned_delta(th, d, dl)
+        return market_pieces(th, d, delta, statics), delta
 
     def pinned_subsets(y, deltas):
         return subset_pieces(
@@ -134,23 +173,40 @@ def group_forward(work: Work, x, data: GroupData, delta0, batch: int | None):
         fp = jax.vmap(lambda d, d0: market_solution(theta0, d.market, d0, work.config, K2, False))(markets, delta0)
 
         def summed(y):
-            p, aux = jax.vmap(lambda d, dl: pinned_pieces(y, d, dl))(markets, fp.x)
-            return add_pieces(_sum0(p), pinned_subsets(y, fp.x)), aux
+            (p, aux), deltas = jax.vmap(lambda d, dl: pinned_pieces(y, d, dl))(markets, fp.x)
+            return (add_pieces(_sum0(p), pinned_subsets(y, fp.x)), deltas), aux
 
-        sums, pull, aux = jax.vjp(summed, x, has_aux=True)
-        return sums, fp, aux, lambda lam: pull(lam)[0]
+        if _forward_mode(work, data, x.shape[0]):
+            (sums, _), tangent, aux = jax.linearize(summed, x, has_aux=True)
+            jac_sums, jac = jax.vmap(tangent, out_axes=-1)(jnp.eye(x.shape[0], dtype=x.dtype))
+            return sums, fp, aux, lambda lam: _contract(lam, jac_sums), jac
+
+        def sums_only(y):
+            (sums, _), aux = summed(y)
+            return sums, aux
+
+        sums, pull, aux = jax.vjp(sums_only, x, has_aux=True)
+        return sums, fp, aux, lambda lam: pull(lam)[0], None
+
+    forward_mode = _forward_mode(work, data, x.shape[0])
 
     def forward(d, d0):
         fp = market_solution(theta0, d.market, d0, work.config, K2, False)
         p, aux = market_pieces(theta0, d, fp.x, statics)
-        return p, fp, aux
+        if not forward_mode:
+            return p, fp, aux, None
+        # the pieces' and δ's Jacobians in the same pass: no second pass over the chunks for the gradient
+        return p, fp, aux, jax.jacfwd(lambda y: (lambda o: (o[0][0], o[1]))(pinned_pieces(y, d, fp.x)))(x)
 
-    p, fp, aux = _map(forward, (markets, delta0), batch)
+    p, fp, aux, jacobians = _map(forward, (markets, delta0), batch)
     sums = add_pieces(_sum0(p), subset_pieces(theta0, data.subsets, markets.market, fp.x, statics, batch=batch))
+    if forward_mode:
+        jac_sums = _sum0(jacobians[0])
+        return sums, fp, aux, lambda lam: _contract(lam, jac_sums), jacobians[1]
 
     def pullback(lam):
         def one(d, dl):
-            _, vjp = jax.vjp(lambda y: pinned_pieces(y, d, dl)[0], x)
+            _, vjp = jax.vjp(lambda y: pinned_pieces(y, d, dl)[0][0], x)
             return vjp(lam)[0]
 
         grad = jnp.sum(_map(one, (markets, fp.x), batch), axis=0)
@@ -159,7 +215,7 @@ def group_forward(work: Work, x, data: GroupData, delta0, batch: int | None):
             grad = grad + vjp(dataclasses.replace(lam, demand=jnp.zeros(0), supply=None))[0]
         return grad
 
-    return sums, fp, aux, pullback
+    return sums, fp, aux, pullback, None
 
 
 def group_value(work: Work, x, data: GroupData, delta0, batch: int | None):
@@ -219,8 +275,8 @@ class Layout(eqx.Module):
 
     # each evaluation: (group function, arguments) → combined sums, (T, J) results
     def forward(self, work: Work, x, ldata, delta0):
-        sums, fp, aux, pull = group_forward(work, x, ldata, delta0, self.batch)
-        return sums, Evaluation(fp.x, fp.evaluations, fp.status, aux), pull
+        sums, fp, aux, pull, jac = group_forward(work, x, ldata, delta0, self.batch)
+        return sums, Evaluation(fp.x, fp.evaluations, fp.status, aux, jac), pull
 
     def value(self, work: Work, x, ldata, delta0):
         sums, fp, aux = group_value(work, x, ldata, delta0, self.batch)
