@@ -292,22 +292,32 @@ def optax_minimize(value_and_grad: Callable, value: Callable, x0, delta0, lower,
     upper = jnp.asarray(upper)
     x0 = jnp.clip(jnp.asarray(x0), lower, upper)
     q0, g0, ev0 = value_and_grad(x0, delta0)
+    # the warm start: the last successful evaluation's δ at x_at, predicted to first order where the evaluations
+    # carry dδ/dx (see scipy_minimize)
+    jac0 = getattr(ev0, "delta_jacobian", None)
+
+    def start(y, delta, x_at, jac):
+        return delta if jac is None else predicted_start(delta, jac, y, x_at)
 
     def active(x, g, k):
         gn = _projected_gradient_norm(x, g, lower, upper)
         return (k < opt.max_steps) & (gn > opt.gtol) & jnp.all(jnp.isfinite(g))
 
     def cond(c):
-        x, _, _, g, _, k, _ = c
+        x, _, _, g, _, k, _, _ = c
         return active(x, g, k)
 
     def body(c):
-        x, state, q, g, delta, k, n = c
+        x, state, q, g, delta, k, n, (x_at, jac) = c
         g_in = jnp.where(active(x, g, k), g, 0.0)
-        updates, state = tx.update(g_in, state, x, value=q, grad=g_in, value_fn=lambda y: value(y, delta))
+        value_fn = lambda y: value(y, start(y, delta, x_at, jac))  # noqa: E731
+        updates, state = tx.update(g_in, state, x, value=q, grad=g_in, value_fn=value_fn)
         x = jnp.clip(optax.apply_updates(x, updates), lower, upper)
-        q, g, ev = value_and_grad(x, delta)
-        delta = jnp.where(jnp.all(ev.status == 0), ev.delta, delta)
+        q, g, ev = value_and_grad(x, start(x, delta, x_at, jac))
+        ok = jnp.all(ev.status == 0)
+        delta = jnp.where(ok, ev.delta, delta)
+        if jac is not None:
+            x_at, jac = jnp.where(ok, x, x_at), jnp.where(ok, ev.delta_jacobian, jac)
         if opt.verbose:  # one line per update (see _Progress for the columns)
             jax.debug.print(
                 "  {k:5d} {q:16.10g} {gn:11.3g} {s:10.3g} {c:11d} {m:6d} {f:6d}",
@@ -319,9 +329,9 @@ def optax_minimize(value_and_grad: Callable, value: Callable, x0, delta0, lower,
                 m=jnp.max(ev.evaluations),
                 f=jnp.sum(ev.status != 0),
             )
-        return x, state, q, g, delta, k + 1, n + 1
+        return x, state, q, g, delta, k + 1, n + 1, (x_at, jac)
 
-    init = (x0, tx.init(x0), q0, g0, ev0.delta, jnp.asarray(0), jnp.asarray(1))
-    x, _, q, g, delta, k, n = jax.lax.while_loop(cond, body, init)
+    init = (x0, tx.init(x0), q0, g0, ev0.delta, jnp.asarray(0), jnp.asarray(1), (x0, jac0))
+    x, _, q, g, delta, k, n, _ = jax.lax.while_loop(cond, body, init)
     success = (_projected_gradient_norm(x, g, lower, upper) <= opt.gtol) & jnp.isfinite(q)
     return OptimizeResult(x, delta, success, k, n)
