@@ -29,10 +29,9 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from .._engine.pieces import MarketData, SubsetData, subset_data, tree_sum
-from .._inversion.contraction import FixedPoint
 from .._micro.core import DatasetMarket
 from .._supply.bertrand import SupplyMarket
-from .layouts import Evaluation, GroupData, Layout, MarketAux, Work, group_forward, group_statistics, group_value
+from .layouts import Evaluation, GroupData, Layout, Work, group_forward, group_statistics, group_value
 
 
 def market_sizes(mask: Bool[Array, "T J"], weights: Float[Array, "T I"]) -> tuple[np.ndarray, np.ndarray]:
@@ -258,49 +257,35 @@ class Bucketed(Layout):
     def _take(self, a, b: int):
         return a[np.asarray(self.markets[b]), : self.J[b]]
 
-    def _scatter(self, parts, like_delta, like_status):
-        delta = jnp.zeros_like(like_delta)
-        evaluations = jnp.zeros(like_delta.shape[0], jnp.int32)
-        status = jnp.zeros(like_delta.shape[0], jnp.int32)
-        for b, fp in enumerate(parts):
-            idx = np.asarray(self.markets[b])
-            delta = delta.at[idx, : self.J[b]].set(fp.x)
-            evaluations = evaluations.at[idx].set(fp.evaluations)
-            status = status.at[idx].set(fp.status)
-        return FixedPoint(delta, evaluations, status)
+    def _place(self, parts, T: int, J: int):
+        """The buckets' per-market results (pytrees alike) on the padded layout: a leaf of shape (markets,) goes to
+        its markets' rows, one of (markets, products, ...) to their rows and first products (δ, evaluations,
+        statuses, the aux, dδ/dx)."""
 
-    def _aux(self, auxes, T: int, J: int) -> MarketAux:
-        """Per-market aux of the buckets on the padded layout."""
-
-        def scatter(*leaves):
+        def place(*leaves):
             first = leaves[0]
-            out = jnp.zeros((T,) + ((J,) if first.ndim == 2 else ()), first.dtype)
+            out = jnp.zeros((T,) + ((J,) + first.shape[2:] if first.ndim >= 2 else ()), first.dtype)
             for b, leaf in enumerate(leaves):
                 idx = np.asarray(self.markets[b])
-                out = out.at[idx, : self.J[b]].set(leaf) if leaf.ndim == 2 else out.at[idx].set(leaf)
+                out = out.at[idx, : self.J[b]].set(leaf) if leaf.ndim >= 2 else out.at[idx].set(leaf)
             return out
 
-        return jax.tree_util.tree_map(scatter, *auxes)
+        return jax.tree_util.tree_map(place, *parts)
 
     def forward(self, work: Work, x, ldata, delta0):
         outs = [group_forward(work, x, d, self._take(delta0, b), self.batch) for b, d in enumerate(ldata)]
         sums = tree_sum([o[0] for o in outs])
-        fp = self._scatter([o[1] for o in outs], delta0, None)
-        aux = self._aux([o[2] for o in outs], *delta0.shape)
+        fp, aux, jac = self._place([o[1:3] + o[4:] for o in outs], *delta0.shape)
         pulls = [o[3] for o in outs]
-        jac = None if any(o[4] is None for o in outs) else jnp.zeros(delta0.shape + x.shape, delta0.dtype)
-        for b, o in enumerate(outs if jac is not None else ()):
-            jac = jac.at[np.asarray(self.markets[b]), : self.J[b]].set(o[4])
         evaluation = Evaluation(fp.x, fp.evaluations, fp.status, aux, jac)
         return sums, evaluation, lambda lam: sum(p(lam) for p in pulls)
 
     def value(self, work: Work, x, ldata, delta0):
         outs = [group_value(work, x, d, self._take(delta0, b), self.batch) for b, d in enumerate(ldata)]
-        fp = self._scatter([o[1] for o in outs], delta0, None)
-        aux = self._aux([o[2] for o in outs], *delta0.shape)
+        fp, aux = self._place([o[1:] for o in outs], *delta0.shape)
         return tree_sum([o[0] for o in outs]), Evaluation(fp.x, fp.evaluations, fp.status, aux)
 
     def statistics(self, work: Work, x, ldata, delta):
         outs = [group_statistics(work, x, d, self._take(delta, b), self.batch) for b, d in enumerate(ldata)]
-        aux = self._aux([o[2] for o in outs], *delta.shape)
+        aux = self._place([o[2] for o in outs], *delta.shape)
         return tree_sum([o[0] for o in outs]), tree_sum([o[1] for o in outs]), aux

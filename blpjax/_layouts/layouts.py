@@ -155,14 +155,14 @@ def group_forward(work: Work, x, data: GroupData, delta0, batch: int | None):
     K2, statics = work.statics.K2, work.statics
     markets = data.markets
     theta0 = jax.lax.stop_gradient(work.spec.unpack(x))
-
-    def pinned_delta(th, d, dl):
-        return market_solution(th, d.market, dl, work.config, K2, True).x
+    forward_mode = _forward_mode(work, data, x.shape[0])
 
     def pinned_pieces(y, d, dl):
+        """((pieces, δ), aux) of one market at the solution ``dl``, carrying the implicit derivative."""
         th = work.spec.unpack(y)
-        delta = pinned_delta(th, d, dl)
-        return market_pieces(th, d, delta, statics), delta
+        delta = market_solution(th, d.market, dl, work.config, K2, True).x
+        p, aux = market_pieces(th, d, delta, statics)
+        return (p, delta), aux
 
     def pinned_subsets(y, deltas):
         return subset_pieces(
@@ -173,10 +173,10 @@ def group_forward(work: Work, x, data: GroupData, delta0, batch: int | None):
         fp = jax.vmap(lambda d, d0: market_solution(theta0, d.market, d0, work.config, K2, False))(markets, delta0)
 
         def summed(y):
-            (p, aux), deltas = jax.vmap(lambda d, dl: pinned_pieces(y, d, dl))(markets, fp.x)
+            (p, deltas), aux = jax.vmap(lambda d, dl: pinned_pieces(y, d, dl))(markets, fp.x)
             return (add_pieces(_sum0(p), pinned_subsets(y, fp.x)), deltas), aux
 
-        if _forward_mode(work, data, x.shape[0]):
+        if forward_mode:
             (sums, _), tangent, aux = jax.linearize(summed, x, has_aux=True)
             jac_sums, jac = jax.vmap(tangent, out_axes=-1)(jnp.eye(x.shape[0], dtype=x.dtype))
             return sums, fp, aux, lambda lam: _contract(lam, jac_sums), jac
@@ -188,15 +188,13 @@ def group_forward(work: Work, x, data: GroupData, delta0, batch: int | None):
         sums, pull, aux = jax.vjp(sums_only, x, has_aux=True)
         return sums, fp, aux, lambda lam: pull(lam)[0], None
 
-    forward_mode = _forward_mode(work, data, x.shape[0])
-
     def forward(d, d0):
         fp = market_solution(theta0, d.market, d0, work.config, K2, False)
         p, aux = market_pieces(theta0, d, fp.x, statics)
         if not forward_mode:
             return p, fp, aux, None
         # the pieces' and δ's Jacobians in the same pass: no second pass over the chunks for the gradient
-        return p, fp, aux, jax.jacfwd(lambda y: (lambda o: (o[0][0], o[1]))(pinned_pieces(y, d, fp.x)))(x)
+        return p, fp, aux, jax.jacfwd(lambda y: pinned_pieces(y, d, fp.x), has_aux=True)(x)[0]
 
     p, fp, aux, jacobians = _map(forward, (markets, delta0), batch)
     sums = add_pieces(_sum0(p), subset_pieces(theta0, data.subsets, markets.market, fp.x, statics, batch=batch))

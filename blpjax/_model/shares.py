@@ -49,9 +49,9 @@ def random_coefficients(
 
 
 def _thin_product(a: Float[Array, "I k"], b: Float[Array, "k n"]) -> Float[Array, "I n"]:
-    """a @ b; as a broadcast sum of k outer products when k ≤ ``BROADCAST_K2`` (XLA's CPU dot of a (94,000, 2)
-    array by a 2 × 2 matrix took 1.1 ms in Mixtape's value and gradient, and its forward-mode tangents 1.9 ms more:
-    an elementwise sum fuses with what reads it)."""
+    """a @ b; as a broadcast sum of k outer products when k ≤ ``BROADCAST_K2`` (μ = c Xᵀ, and the coefficients
+    Σν + Πd themselves: XLA's CPU dot of a (94,000, 2) array by a 2 × 2 matrix took 1.1 ms in Mixtape's value and
+    gradient, and its forward-mode tangents 1.9 ms more; an elementwise sum fuses with what reads it)."""
     k = a.shape[-1]
     if k == 0 or k > BROADCAST_K2:
         return a @ b
@@ -71,11 +71,7 @@ def apply_coefficients(coefficients, X: Float[Array, "J K2"], transposed: bool =
     vectorises; (I, J) rows of J ≈ 20 do not)."""
     if coefficients.ndim == 3:
         return jnp.einsum("ijk,jk->ji" if transposed else "ijk,jk->ij", coefficients, X)
-    K2 = X.shape[-1]
-    if 0 < K2 <= BROADCAST_K2:
-        c, x = coefficients.T[:, None, :], X.T[:, :, None]  # (K2, 1, I) and (K2, J, 1)
-        return sum(x[k] * c[k] if transposed else (x[k] * c[k]).T for k in range(K2))
-    return X @ coefficients.T if transposed else coefficients @ X.T
+    return _thin_product(X, coefficients.T) if transposed else _thin_product(coefficients, X.T)
 
 
 def mu(
