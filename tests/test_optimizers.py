@@ -120,3 +120,22 @@ def test_many_starts_from_given_points_and_bad_starts(small):
         small.solve(SIGMA, PI, method="1s", starts=points, sigma_bounds=(np.zeros((2, 2)), np.diag([1.2, 0.3])))
     with pytest.raises(blpjax.BLPSpecificationError, match="positive integer"):
         small.solve(SIGMA, PI, method="1s", starts=0)
+
+
+def test_a_failed_line_search_is_certified_by_the_exact_hessian(small):
+    """gtol 1e-13 is below q's rounding: BFGS stops on "precision loss", and the exact Hessian at the point (its
+    program solving δ from the last evaluation's δ) certifies it: positive definite, a negligible Newton decrement.
+    That Hessian, kept as ``results.hessian``, equals central differences of the gradient."""
+    res = small.solve(SIGMA, PI, method="1s", optimizer=blpjax.ScipyOptimizer("bfgs", gtol=1e-13))
+    assert res.converged
+    message = res.steps[0].optimizer_message
+    assert "precision loss" in message and "Accepted: the exact Hessian is positive definite" in message
+    obj = small.objective(SIGMA, PI)  # the same (2SLS) weighting matrix as the one-step estimate
+    x, state = np.asarray(res.final.theta), obj.init_state()
+
+    def gradient(y):
+        return np.asarray(obj.value_and_grad(jnp.asarray(y), state)[1])
+
+    step = 1e-5
+    columns = [(gradient(x + step * e) - gradient(x - step * e)) / (2 * step) for e in np.eye(x.size)]
+    np.testing.assert_allclose(res.hessian, np.stack(columns, axis=1), rtol=1e-6, atol=1e-6 * np.abs(res.hessian).max())

@@ -139,15 +139,16 @@ def optimize(engine: Engine, optimizer, x, delta0, conc: Concentration, lower, u
     return res.x, OptimizerReport(res.success, res.iterations, res.evaluations, "optax")
 
 
-def _newton_check(engine, x, delta0, conc, q, gradient, lower, upper, report: OptimizerReport) -> OptimizerReport:
+def _newton_check(engine, x, delta, conc, q, gradient, lower, upper, report: OptimizerReport) -> OptimizerReport:
     """Accept a failed line search at a point where no step can lower q beyond its rounding (see
     ``settings.precision_decrement``, 1e-11): the exact Hessian is positive definite on the free parameters and the
-    Newton decrement is negligible. Otherwise ``report`` unchanged."""
+    Newton decrement is negligible. Otherwise ``report`` unchanged. ``delta``: δ solved at x (the Hessian's program
+    solves again from it: one contraction evaluation per market, not a solve from the step's δ₀)."""
     x, g = np.asarray(x, np.float64), np.asarray(gradient, np.float64)
     free = ~(((x <= np.asarray(lower)) & (g > 0)) | ((x >= np.asarray(upper)) & (g < 0)))
     if not np.all(np.isfinite(g)) or not free.any():
         return report
-    full = np.asarray(engine.hessian(jnp.asarray(x), delta0, conc))
+    full = np.asarray(engine.hessian(jnp.asarray(x), delta, conc))
     report = dataclasses.replace(report, hessian=full)
     H = full[np.ix_(free, free)]
     if not np.all(np.isfinite(H)) or np.linalg.eigvalsh((H + H.T) / 2)[0] <= 0:
@@ -269,7 +270,7 @@ def run_steps(
                 # a failed line search: converged to numerical precision (exact Newton check), or else restart from
                 # the point reached with a fresh quasi-Newton approximation while that lowers the objective
                 if optimizer.certify:
-                    report = _newton_check(engine, x_hat, delta0, conc, q, gradient, lower, upper, report)
+                    report = _newton_check(engine, x_hat, ev.delta, conc, q, gradient, lower, upper, report)
                 if report.success or restarts == 0:
                     break
                 restarts -= 1
