@@ -59,8 +59,7 @@ from ._inversion.contraction import FixedPoint, fixed_point
 from ._inversion.implicit import contraction_map
 from ._layouts.buckets import Bucketed, BucketPlan, market_sizes, plan_buckets
 from ._layouts.devices import Sharded, market_mesh
-from ._layouts.layouts import Padded
-from ._layouts.layouts import _jacobian_with_aux as jacobian_with_aux
+from ._layouts.layouts import Padded, jacobian_with_aux
 from ._layouts.scaleout import make_layout
 from ._micro.core import DatasetMarket, DatasetSpec, MicroSetup, choice_probabilities
 from ._model.logit import logit_delta

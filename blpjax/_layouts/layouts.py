@@ -73,25 +73,30 @@ def _map(f, xs, batch: int | None):
         return jax.lax.map(lambda a: f(*a), xs, batch_size=batch)
 
 
-def _jacobian_with_aux(f, x, elements: int):
+def jacobian_with_aux(f, x, elements: int, aux: bool = True):
     """(∂f₀/∂x, f₁) for ``f(x) -> (f₀, f₁)`` by forward mode (trailing P axis, as ``jacfwd``), in chunks of
     tangents when ``elements`` (market × product × agent elements mapped at once) times P exceeds
-    ``settings.jacobian_chunk_elements``, so that forward-mode I×J tangents are not all alive at once."""
+    ``settings.jacobian_chunk_elements``, so that forward-mode I×J tangents are not all alive at once.
+    ``aux=False``: f₁ is not needed (None is returned; in chunks f is then not traced a second time)."""
     P_ = x.shape[0]
     chunk = max(1, config.settings.jacobian_chunk_elements // max(elements, 1))
     if P_ <= chunk:
-        return jax.jacfwd(f, has_aux=True)(x)
-    _, aux = f(x)
+        jac, f1 = jax.jacfwd(f, has_aux=True)(x)
+        return jac, f1 if aux else None
+    f1 = f(x)[1] if aux else None
     n = -(-P_ // chunk)
     basis = jnp.eye(n * chunk, P_, dtype=x.dtype).reshape(n, chunk, P_)  # rows past P are zero
 
-    def columns(block):
-        return jax.vmap(lambda v: jax.jvp(lambda y: f(y)[0], (x,), (v,))[1])(block)
+    inlined = jax.config.jax_disable_jit  # a body traced with nested jits inlined (config.inline_nested) ...
 
-    with jax.disable_jit(False):
+    def columns(block):
+        with jax.disable_jit(inlined):  # ... inlines them inside the map's body too
+            return jax.vmap(lambda v: jax.jvp(lambda y: f(y)[0], (x,), (v,))[1])(block)
+
+    with jax.disable_jit(False):  # the map itself is traced, not unrolled
         out = jax.lax.map(columns, basis)
     jac = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a.reshape((n * chunk,) + a.shape[2:])[:P_], 0, -1), out)
-    return jac, aux
+    return jac, f1
 
 
 # --- one group of markets (all of a padded problem, a bucket, or a device's share) ---------------------------
@@ -248,7 +253,7 @@ def group_statistics(work: Work, x, data: GroupData, delta, batch: int | None):
 
     T, J = delta.shape
     per_pass = (T if batch is None else min(batch, T)) * J * data.markets.market.weights.shape[-1]
-    jac, (sums, aux) = _jacobian_with_aux(f, x, per_pass)
+    jac, (sums, aux) = jacobian_with_aux(f, x, per_pass)
     return sums, jac, aux
 
 
