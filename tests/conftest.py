@@ -22,3 +22,15 @@ def _fresh_compilation_caches():
     program compiled by every earlier module (memory grows to gigabytes on a 2-core CI machine)."""
     yield
     jax.clear_caches()
+
+
+@pytest.fixture
+def chunked_tangents():
+    """Forward-mode Jacobians (the statistics' moment Jacobian, the Hessian) one tangent at a time, as on large
+    problems: the setting is read when a program is traced, so compiled programs are cleared before and after."""
+    from blpjax import internal
+
+    jax.clear_caches()
+    with internal.override(jacobian_chunk_elements=1):
+        yield
+    jax.clear_caches()

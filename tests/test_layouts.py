@@ -93,6 +93,15 @@ def test_every_layout_equals_padded_at_fixed_theta(padded, model, layout):
     assert_same(at_fixed_theta(model, **LAYOUTS[layout]), padded(model), f"{model} on {layout}")
 
 
+def test_statistics_in_tangent_chunks_equal_all_at_once(padded, request):
+    """Large problems form the statistics' moment Jacobian a few tangents at a time, and take its by-products (the
+    sums, costs, micro values) from the chunks' primal pass: the same numbers as all at once, with a supply side and
+    micro moments."""
+    expected = padded("both")  # all tangents at once
+    request.getfixturevalue("chunked_tangents")
+    assert_same(at_fixed_theta("both"), expected, "one tangent at a time")
+
+
 @pytest.mark.parametrize("model", ["demand", "nested", "both"])
 def test_delta_jacobian_equals_central_differences_of_solved_delta(model):
     """The Evaluation's dδ/dx (the forward-mode gradient's by-product, demand only: with and without nesting) against

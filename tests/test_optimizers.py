@@ -10,7 +10,6 @@ import scipy.optimize
 from nevo import NEVO_PI, NEVO_SIGMA, nevo_data, nevo_problems
 
 import blpjax
-from blpjax import internal
 
 NEVO_OBJECTIVE = 4.561514  # PyBLP's Nevo tutorial, 1-step GMM (also asserted against PyBLP in test_rc.py)
 SIGMA, PI = np.diag([1.0, 0.3]), [[0.0], [0.4]]
@@ -123,15 +122,15 @@ def test_many_starts_from_given_points_and_bad_starts(small):
         small.solve(SIGMA, PI, method="1s", starts=0)
 
 
-@pytest.mark.parametrize("chunk_elements", [None, 1], ids=["all tangents", "one tangent at a time"])
-def test_a_failed_line_search_is_certified_by_the_exact_hessian(small, chunk_elements):
+@pytest.mark.parametrize("chunked", [False, True], ids=["all tangents", "one tangent at a time"])
+def test_a_failed_line_search_is_certified_by_the_exact_hessian(small, chunked, request):
     """gtol 1e-13 is below q's rounding: BFGS stops on "precision loss", and the exact Hessian at the point (its
     program solving δ from the last evaluation's δ) certifies it: positive definite, a negligible Newton decrement.
     That Hessian, kept as ``results.hessian``, equals central differences of the gradient, whether its forward
-    tangents are taken all at once or one at a time (``jacobian_chunk_elements``, as on large problems)."""
-    settings = {} if chunk_elements is None else {"jacobian_chunk_elements": chunk_elements}
-    with internal.override(**settings):
-        res = small.solve(SIGMA, PI, method="1s", optimizer=blpjax.ScipyOptimizer("bfgs", gtol=1e-13))
+    tangents are taken all at once or one at a time (as on large problems)."""
+    if chunked:
+        request.getfixturevalue("chunked_tangents")
+    res = small.solve(SIGMA, PI, method="1s", optimizer=blpjax.ScipyOptimizer("bfgs", gtol=1e-13))
     assert res.converged
     message = res.steps[0].optimizer_message
     assert "precision loss" in message and "Accepted: the exact Hessian is positive definite" in message

@@ -77,26 +77,28 @@ def jacobian_with_aux(f, x, elements: int, aux: bool = True):
     """(∂f₀/∂x, f₁) for ``f(x) -> (f₀, f₁)`` by forward mode (trailing P axis, as ``jacfwd``), in chunks of
     tangents when ``elements`` (market × product × agent elements mapped at once) times P exceeds
     ``settings.jacobian_chunk_elements``, so that forward-mode I×J tangents are not all alive at once.
-    ``aux=False``: f₁ is not needed (None is returned; in chunks f is then not traced a second time)."""
+    f is traced once either way: in chunks, f₁ comes from the chunks' primal pass (``aux=False``: None)."""
     P_ = x.shape[0]
     chunk = max(1, config.settings.jacobian_chunk_elements // max(elements, 1))
     if P_ <= chunk:
         jac, f1 = jax.jacfwd(f, has_aux=True)(x)
         return jac, f1 if aux else None
-    f1 = f(x)[1] if aux else None
     n = -(-P_ // chunk)
     basis = jnp.eye(n * chunk, P_, dtype=x.dtype).reshape(n, chunk, P_)  # rows past P are zero
-
     inlined = jax.config.jax_disable_jit  # a body traced with nested jits inlined (config.inline_nested) ...
 
     def columns(block):
+        def one(v):
+            _, tangent, f1 = jax.jvp(f, (x,), (v,), has_aux=True)
+            return tangent, f1 if aux else None
+
         with jax.disable_jit(inlined):  # ... inlines them inside the map's body too
-            return jax.vmap(lambda v: jax.jvp(lambda y: f(y)[0], (x,), (v,))[1])(block)
+            return jax.vmap(one, out_axes=(0, None))(block)  # f₁ does not depend on the tangent
 
     with jax.disable_jit(False):  # the map itself is traced, not unrolled
-        out = jax.lax.map(columns, basis)
+        out, f1 = jax.lax.map(columns, basis)
     jac = jax.tree_util.tree_map(lambda a: jnp.moveaxis(a.reshape((n * chunk,) + a.shape[2:])[:P_], 0, -1), out)
-    return jac, f1
+    return jac, jax.tree_util.tree_map(lambda a: a[0], f1)
 
 
 # --- one group of markets (all of a padded problem, a bucket, or a device's share) ---------------------------
