@@ -142,8 +142,8 @@ def optimize(engine: Engine, optimizer, x, delta0, conc: Concentration, lower, u
 def _newton_check(engine, x, delta, conc, q, gradient, lower, upper, report: OptimizerReport) -> OptimizerReport:
     """Accept a failed line search at a point where no step can lower q beyond its rounding (see
     ``settings.precision_decrement``, 1e-11): the exact Hessian is positive definite on the free parameters and the
-    Newton decrement is negligible. Otherwise ``report`` unchanged. ``delta``: δ solved at x (the Hessian's program
-    solves again from it: one contraction evaluation per market, not a solve from the step's δ₀)."""
+    Newton decrement is negligible. Otherwise ``report`` unchanged. ``delta``: the step's δ₀ (see
+    :meth:`Results.hessian` for why not the δ solved at x)."""
     x, g = np.asarray(x, np.float64), np.asarray(gradient, np.float64)
     free = ~(((x <= np.asarray(lower)) & (g > 0)) | ((x >= np.asarray(upper)) & (g < 0)))
     if not np.all(np.isfinite(g)) or not free.any():
@@ -270,7 +270,7 @@ def run_steps(
                 # a failed line search: converged to numerical precision (exact Newton check), or else restart from
                 # the point reached with a fresh quasi-Newton approximation while that lowers the objective
                 if optimizer.certify:
-                    report = _newton_check(engine, x_hat, ev.delta, conc, q, gradient, lower, upper, report)
+                    report = _newton_check(engine, x_hat, delta0, conc, q, gradient, lower, upper, report)
                 if report.success or restarts == 0:
                     break
                 restarts -= 1

@@ -213,7 +213,12 @@ class Results(Counterfactuals):
 
     @property
     def hessian(self) -> np.ndarray:
-        """Exact Hessian of the objective at the estimate (autodiff; computed on first use)."""
+        """Exact Hessian of the objective at the estimate (autodiff; computed on first use).
+
+        Its program solves δ from the last step's starting δ₀, not from the estimate's δ: on layouts with
+        ``market_batch_size`` (markets in ``lax.map`` chunks) JAX's second derivatives follow the contraction's
+        iterates there, exact only once many of them converge (from the estimate's own δ, one evaluation, Nevo's
+        Hessian came out 36% off; from δ₀ it equals central differences of the gradient)."""
         if self._hessian is None:
             engine = self.engine
             if engine is None:  # a loaded result: the padded engine again, from the arrays it carries
@@ -224,7 +229,7 @@ class Results(Counterfactuals):
                     )
                 engine = Engine.build(Padded(), self.spec, self.config, self.setup, self.products)
             conc = engine.concentration(self.final.W)
-            self._hessian = np.asarray(engine.hessian(self.final.theta, self.final.delta, conc))
+            self._hessian = np.asarray(engine.hessian(self.final.theta, self.final.delta0, conc))
         return self._hessian
 
     @property
