@@ -139,16 +139,16 @@ def optimize(engine: Engine, optimizer, x, delta0, conc: Concentration, lower, u
     return res.x, OptimizerReport(res.success, res.iterations, res.evaluations, "optax")
 
 
-def _newton_check(engine, x, delta, conc, q, gradient, lower, upper, report: OptimizerReport) -> OptimizerReport:
+def _newton_check(engine, x, delta0, conc, q, gradient, lower, upper, report: OptimizerReport) -> OptimizerReport:
     """Accept a failed line search at a point where no step can lower q beyond its rounding (see
     ``settings.precision_decrement``, 1e-11): the exact Hessian is positive definite on the free parameters and the
-    Newton decrement is negligible. Otherwise ``report`` unchanged. ``delta``: the step's δ₀ (see
-    :meth:`Results.hessian` for why not the δ solved at x)."""
+    Newton decrement is negligible. Otherwise ``report`` unchanged. The Hessian's program solves δ from the step's
+    δ₀, not from the δ solved at x (see :attr:`Results.hessian` for why)."""
     x, g = np.asarray(x, np.float64), np.asarray(gradient, np.float64)
     free = ~(((x <= np.asarray(lower)) & (g > 0)) | ((x >= np.asarray(upper)) & (g < 0)))
     if not np.all(np.isfinite(g)) or not free.any():
         return report
-    full = np.asarray(engine.hessian(jnp.asarray(x), delta, conc))
+    full = np.asarray(engine.hessian(jnp.asarray(x), delta0, conc))
     report = dataclasses.replace(report, hessian=full)
     H = full[np.ix_(free, free)]
     if not np.all(np.isfinite(H)) or np.linalg.eigvalsh((H + H.T) / 2)[0] <= 0:

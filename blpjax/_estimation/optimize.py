@@ -189,6 +189,8 @@ def _start(state, x):
     if state.get("jacobian") is None:
         return state["delta"]
     args = (state["delta"], state["jacobian"], x, state["x"])
+    if any(isinstance(a, jax.Array) and not a.is_fully_addressable for a in args):  # markets on several hosts
+        return predicted_start(*(jnp.asarray(a) for a in args))
     return _predict(np, *(np.asarray(a, np.float64) for a in args))
 
 
