@@ -24,8 +24,14 @@ def nevo_objective():
 
 @pytest.fixture(scope="module")
 def small():
+    return small_problem()
+
+
+def small_problem(**layout):
     products, agents, _ = blpjax.simulate(blpjax.SimulationConfig(markets=8, agents=30, products=(3, 5)))
-    return blpjax.Problem(products, ("1", "x", "prices"), ("1", "prices"), agent_data=agents, demographics=("income",))
+    return blpjax.Problem(
+        products, ("1", "x", "prices"), ("1", "prices"), agent_data=agents, demographics=("income",), **layout
+    )
 
 
 def test_a_hand_written_optax_lbfgs_loop_reaches_pyblps_nevo_optimum(nevo_objective):
@@ -135,15 +141,7 @@ def test_a_failed_line_search_is_certified_by_the_exact_hessian(small, chunked, 
         request.getfixturevalue("chunked_tangents")
     problem = small
     if batch is not None:
-        products, agents, _ = blpjax.simulate(blpjax.SimulationConfig(markets=8, agents=30, products=(3, 5)))
-        problem = blpjax.Problem(
-            products,
-            ("1", "x", "prices"),
-            ("1", "prices"),
-            agent_data=agents,
-            demographics=("income",),
-            market_batch_size=batch,
-        )
+        problem = small_problem(market_batch_size=batch)
     res = problem.solve(SIGMA, PI, method="1s", optimizer=blpjax.ScipyOptimizer("bfgs", gtol=1e-13))
     assert res.converged
     message = res.steps[0].optimizer_message

@@ -169,29 +169,21 @@ class _Progress:
         )
 
 
-def _predict(xp, delta, jacobian, x, x_at):
-    predicted = delta + jacobian @ (x - x_at)
-    return xp.where(xp.isfinite(predicted), predicted, delta)
-
-
 @jax.jit
 def predicted_start(delta, jacobian, x, x_at):
     """The warm start at ``x`` from δ solved at ``x_at`` and its derivative: δ + (dδ/dx)(x − x_at), first-order
     accurate (the contraction then starts O(‖Δx‖²) from the solution instead of O(‖Δx‖)); δ itself where the
     prediction is not finite."""
-    return _predict(jnp, delta, jacobian, x, x_at)
+    predicted = delta + jacobian @ (x - x_at)
+    return jnp.where(jnp.isfinite(predicted), predicted, delta)
 
 
 def _start(state, x):
     """The warm start for an evaluation at ``x`` (the last successful evaluation's δ, predicted to first order when
-    that evaluation carried dδ/dx), formed on the host: SciPy's loop is there anyway, and a jitted prediction
-    would be one more program to compile in a fresh process."""
+    that evaluation carried dδ/dx)."""
     if state.get("jacobian") is None:
         return state["delta"]
-    args = (state["delta"], state["jacobian"], x, state["x"])
-    if any(isinstance(a, jax.Array) and not a.is_fully_addressable for a in args):  # markets on several hosts
-        return predicted_start(*(jnp.asarray(a) for a in args))
-    return _predict(np, *(np.asarray(a, np.float64) for a in args))
+    return predicted_start(state["delta"], state["jacobian"], x, state["x"])
 
 
 def scipy_minimize(
@@ -204,7 +196,7 @@ def scipy_minimize(
 
     def fun(x):
         x_in = jnp.asarray(x)
-        q, g, ev = value_and_grad(x_in, _start(state, x))
+        q, g, ev = value_and_grad(x_in, _start(state, x_in))
         q, g = float(q), np.asarray(g, dtype=np.float64)
         state["n"] += 1
         if progress is not None:
@@ -213,7 +205,7 @@ def scipy_minimize(
             state["finite"] += 1
             if np.all(np.asarray(ev.status) == 0):
                 state["delta"] = ev.delta  # warm start the next evaluation
-                state["x"], state["jacobian"] = x, getattr(ev, "delta_jacobian", None)
+                state["x"], state["jacobian"] = x_in, getattr(ev, "delta_jacobian", None)
             state["best"] = min(state["best"], q)
             return q, g
         # PyBLP-style reversion: a failed inversion must never look like an improvement
