@@ -23,6 +23,7 @@ import numpy as np
 import optax
 import scipy.optimize
 
+from .._base import config
 from .._base.errors import BLPSpecificationError
 
 _SCIPY = ("auto", "l-bfgs-b", "bfgs", "trust-constr", "return")
@@ -186,12 +187,77 @@ def _start(state, x):
     return predicted_start(state["delta"], state["jacobian"], x, state["x"])
 
 
+class _Stop(Exception):
+    """Raised from the objective to end SciPy's run at ``x`` (see :class:`_Endgame`)."""
+
+    def __init__(self, x, success: bool, message: str):
+        super().__init__(message)
+        self.x, self.success, self.message = x, success, message
+
+
+class _Endgame:
+    """Two early stops for SciPy's line searches near the optimum, where the objective's rounding (from the
+    contraction's tolerance: ≈ 1e-11 relative on PyBLP's Petrin problem, whose q moves by ±2e-9 between two
+    evaluations 1e-12 apart) hides the decreases they look for. With ``precision`` = ``settings.precision_decrement``
+    × max(1, |q|):
+
+    - an evaluated point meets the gradient criterion (SciPy's: the largest projected gradient entry ≤ gtol) and its
+      objective is within ``precision`` of the lowest seen: converged there (SciPy's line search would reject the
+      point on rounding and go on, often to "precision loss" ≈ 20 evaluations later);
+    - ``patience`` evaluations in a row, all within a small neighbourhood of the lowest point, lower neither the
+      objective by more than ``precision`` nor the smallest gradient seen by half: the line search has stalled. It
+      is reported as SciPy's "precision loss" at the lowest point, where the driver checks convergence with the
+      exact Hessian (or restarts), without the evaluations SciPy spends before giving up.
+    """
+
+    def __init__(self, gtol: float, lower, upper, patience: int = 6, neighbourhood: float = 1e-4):
+        self.gtol, self.lower, self.upper = gtol, lower, upper
+        self.patience, self.neighbourhood = patience, neighbourhood
+        self.best_q, self.best_x, self.smallest, self.still = np.inf, None, np.inf, 0
+
+    def __call__(self, x: np.ndarray, q: float, g: np.ndarray) -> None:
+        precision = config.settings.precision_decrement * max(1.0, abs(q))
+        pg = float(_projected_gradient_norm(x, g, self.lower, self.upper))
+        if pg <= self.gtol and q <= self.best_q + precision:
+            where = (
+                "the lowest objective so far"
+                if q <= self.best_q
+                else f"an objective {q - self.best_q:.2g} above the lowest, within its numerical precision {precision:.2g}"
+            )
+            raise _Stop(
+                x,
+                True,
+                f"the gradient criterion is met (largest projected entry {pg:.3g} <= gtol {self.gtol:g}) at an "
+                f"evaluated point with {where}",
+            )
+        near = self.best_x is not None and np.max(np.abs(x - self.best_x)) <= self.neighbourhood * max(
+            1.0, float(np.max(np.abs(self.best_x)))
+        )
+        if q < self.best_q - precision or pg < 0.5 * self.smallest or not near:
+            self.still = 0
+        else:
+            self.still += 1
+        if q < self.best_q:
+            self.best_q, self.best_x = q, x
+        self.smallest = min(self.smallest, pg)
+        if self.still >= self.patience:
+            raise _Stop(
+                self.best_x,
+                False,
+                f"Desired error not necessarily achieved due to precision loss: the line search stalled ({self.still} "
+                f"evaluations in a row near the lowest point lowered neither the objective beyond its numerical "
+                f"precision {precision:.2g} nor the gradient)",
+            )
+
+
 def scipy_minimize(
     value_and_grad: Callable, x0: np.ndarray, delta0, lower: np.ndarray, upper: np.ndarray, opt: ScipyOptimizer
 ) -> OptimizeResult:
     """Drive SciPy with a jitted ``value_and_grad(x, δ₀) -> (q, grad, Evaluation)``; an Evaluation with
-    ``delta_jacobian`` makes the next warm start a first-order prediction (:func:`predicted_start`)."""
+    ``delta_jacobian`` makes the next warm start a first-order prediction (:func:`predicted_start`). BFGS and
+    L-BFGS-B stop early in the endgame that the objective's rounding makes (:class:`_Endgame`)."""
     state = {"delta": delta0, "n": 0, "t0": time.perf_counter(), "best": np.inf, "finite": 0, "failed": set()}
+    state["endgame"] = None
     progress = _Progress(lower, upper) if opt.verbose else None
 
     def fun(x):
@@ -203,9 +269,12 @@ def scipy_minimize(
             progress.evaluated(x, q, g, ev)
         if np.isfinite(q) and np.all(np.isfinite(g)):
             state["finite"] += 1
-            if np.all(np.asarray(ev.status) == 0):
+            ok = np.all(np.asarray(ev.status) == 0)
+            if ok:
                 state["delta"] = ev.delta  # warm start the next evaluation
                 state["x"], state["jacobian"] = x_in, getattr(ev, "delta_jacobian", None)
+                if state["endgame"] is not None:
+                    state["endgame"](np.array(x, np.float64), q, g)
             state["best"] = min(state["best"], q)
             return q, g
         # PyBLP-style reversion: a failed inversion must never look like an improvement
@@ -213,6 +282,7 @@ def scipy_minimize(
         return (1e10 if not np.isfinite(state["best"]) else 10 * state["best"] + 1e6), np.zeros_like(g)
 
     def callback(*args):
+        state["iterations"] = state.get("iterations", 0) + 1
         if progress is not None:
             progress.iteration(args[0] if not hasattr(args[0], "x") else args[0].x, state["n"])
 
@@ -252,7 +322,13 @@ def scipy_minimize(
         if not finite:
             message = "the objective or its gradient is not finite at the given parameters"
         return OptimizeResult(np.asarray(x0, np.float64), state["delta"], success, 0, state["n"], message)
-    res = run(x0, opt.maxiter)
+    if opt.method in ("bfgs", "l-bfgs-b"):
+        state["endgame"] = _Endgame(opt.gtol, lower, upper)
+    try:
+        res = run(x0, opt.maxiter)
+    except _Stop as stop:
+        iterations = state.get("iterations", 0)
+        return OptimizeResult(np.asarray(stop.x), state["delta"], stop.success, iterations, state["n"], stop.message)
     success, message = bool(res.success), str(res.message)
     if state["finite"] == 0:
         # a failed inversion is reported to SciPy as a high value with a zero gradient (never as an
