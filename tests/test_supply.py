@@ -362,3 +362,25 @@ def test_shared_probabilities_equal_separate_ones():
     q_separate, g_separate = separate.value_and_grad(x, res.final.delta, conc)[:2]
     np.testing.assert_allclose(q_shared, q_separate, rtol=1e-12)
     np.testing.assert_allclose(g_shared, g_separate, rtol=1e-9, atol=1e-12 * float(jnp.max(jnp.abs(g_separate))))
+
+
+def test_a_per_agent_price_slope_equals_the_general_price_derivatives():
+    """With prices alone in X2 every product has the same ∂X2/∂p, so ∂u_ij/∂p_j is one slope per agent, broadcast;
+    a prices × x column with zero σ and Π makes ∂X2/∂p differ by product (the general product of the coefficients
+    with ∂X2/∂p) without changing the model: the objective and its gradient agree."""
+    from layout_problems import data
+
+    products, agents = data()
+    agents = agents.assign(nodes2=0.0)  # the extra column's node (its σ is 0)
+    common = dict(linear="1 + x", demographics="0 + income + one", costs="1 + x", costs_type="log", agent_data=agents)
+    pi = np.array([[0.0, 0.0], [0.3, -2.0]])
+    uniform = blpjax.Problem(products.drop(columns=["nesting_ids"]), nonlinear="1 + prices", **common)
+    varying = blpjax.Problem(products.drop(columns=["nesting_ids"]), nonlinear="1 + prices + prices:x", **common)
+    a = uniform.objective(np.diag([0.8, 0.3]), pi)
+    b = varying.objective(np.diag([0.8, 0.3, 0.0]), np.vstack([pi, np.zeros((1, 2))]))
+    np.testing.assert_array_equal(a.x0, b.x0)
+    qa, ga, state_a = a.value_and_grad(a.x0, a.init_state())
+    qb, gb, state_b = b.value_and_grad(b.x0, b.init_state())
+    assert not np.any(np.asarray(state_a.status)) and not np.any(np.asarray(state_b.status))
+    np.testing.assert_allclose(qa, qb, rtol=1e-10)
+    np.testing.assert_allclose(ga, gb, rtol=1e-8, atol=1e-10 * np.abs(ga).max())

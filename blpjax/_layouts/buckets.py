@@ -180,6 +180,7 @@ def cut_markets(data: MarketData, idx, Jb: int, Ib: int) -> MarketData:
             _cut(take(s.dX2), 1, Jb),
             _cut(take(s.firms), 1, Jb),
             None if s.dX1 is None else _cut(take(s.dX1), 1, Jb),
+            s.uniform_dX2,
         )
         ZS = _cut(take(data.ZS), 1, Jb)
     if data.micro is not None:
