@@ -43,6 +43,12 @@ class ScipyOptimizer(eqx.Module):
     loss", L-BFGS-B's abnormal termination), restart from the point reached with a fresh quasi-Newton
     approximation, at most this many times and only while that lowers the objective (0: never, as PyBLP).
 
+    Near the optimum the objective's rounding (from the contraction's tolerance) can hide the decreases SciPy's
+    line search looks for; BFGS and L-BFGS-B then stop at an evaluated point that meets ``gtol`` with an objective
+    within rounding (``settings.precision_decrement`` × max(1, |q|)) of the lowest, or, once six evaluations in a
+    row near the lowest point improve neither the objective nor the gradient, report "precision loss" there
+    without SciPy's further fruitless evaluations (then certified or restarted as below).
+
     ``certify``: before restarting, check such a point with the exact Hessian of the objective: when it is
     positive definite and a Newton step would lower q by less than its numerical precision (the gradient
     reflects curvature, not distance from the optimum), the step has converged. One Hessian per step that
