@@ -1,6 +1,8 @@
 """The caller owns the loop: the public objective under the ecosystem's optimisers (a hand-written optax L-BFGS loop,
 optimistix, SciPy) on PyBLP's Nevo tutorial, and many starting points as one vmapped program."""
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,6 +169,22 @@ def test_a_failed_line_search_is_certified_by_the_exact_hessian(small, chunked, 
         np.testing.assert_allclose(result.hessian, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
 
+def _scipy_minimize(f, x0, gtol):
+    """blpjax's SciPy driver on a plain function f(x) -> (q, gradient), every evaluation a successful one."""
+    from blpjax.internal import scipy_minimize
+
+    ev = SimpleNamespace(status=np.zeros(1, int), delta=np.zeros(1))
+    unbounded = np.full(x0.size, np.inf)
+    return scipy_minimize(
+        lambda x, _: (*f(np.asarray(x)), ev),
+        x0,
+        np.zeros(1),
+        -unbounded,
+        unbounded,
+        blpjax.ScipyOptimizer("bfgs", gtol=gtol),
+    )
+
+
 def _noisy_rosenbrock(x):
     """Rosenbrock + 100 with rounding-like noise of ±5e-10 (below ``precision_decrement`` × q = 1e-9), exact gradient."""
     x = np.asarray(x, np.float64)
@@ -181,10 +199,6 @@ def test_scipy_stops_where_the_objectives_rounding_ends_progress(x0, gtol):
     "precision loss" after many fruitless evaluations. The driver stops earlier, at a point meeting the gradient
     criterion whose objective is within rounding of the lowest, or at the lowest point once the line search stalls
     (reported as precision loss, for the exact Newton check); never at a worse point than SciPy's."""
-    from types import SimpleNamespace
-
-    from blpjax.internal import scipy_minimize
-
     evaluations = []
 
     def counted(x):
@@ -193,16 +207,7 @@ def test_scipy_stops_where_the_objectives_rounding_ends_progress(x0, gtol):
 
     plain = scipy.optimize.minimize(counted, x0, jac=True, method="BFGS", options={"gtol": gtol})
     assert "precision loss" in plain.message  # the setting is the one described
-    ev = SimpleNamespace(status=np.zeros(1, int), delta=np.zeros(1))
-    unbounded = np.full(x0.size, np.inf)
-    ours = scipy_minimize(
-        lambda x, _: (*_noisy_rosenbrock(x), ev),
-        x0,
-        np.zeros(1),
-        -unbounded,
-        unbounded,
-        blpjax.ScipyOptimizer("bfgs", gtol=gtol),
-    )
+    ours = _scipy_minimize(_noisy_rosenbrock, x0, gtol)
     q, g = _noisy_rosenbrock(ours.x)
     assert ours.evaluations < 0.8 * len(evaluations)
     assert q <= plain.fun + 1e-9
@@ -214,10 +219,6 @@ def test_scipy_stops_where_the_objectives_rounding_ends_progress(x0, gtol):
 
 def test_scipy_runs_as_scipy_on_an_exact_objective():
     """Without rounding noise the early stops change nothing: SciPy's own path, evaluations and point."""
-    from types import SimpleNamespace
-
-    from blpjax.internal import scipy_minimize
-
     calls = []
 
     def f(x):
@@ -227,16 +228,7 @@ def test_scipy_runs_as_scipy_on_an_exact_objective():
     x0 = np.array([-1.2, 1.0, -0.5, 0.3])
     plain = scipy.optimize.minimize(f, x0, jac=True, method="BFGS", options={"gtol": 1e-6})
     scipy_evaluations = len(calls)
-    ev = SimpleNamespace(status=np.zeros(1, int), delta=np.zeros(1))
-    unbounded = np.full(x0.size, np.inf)
-    ours = scipy_minimize(
-        lambda x, _: (*f(np.asarray(x)), ev),
-        x0,
-        np.zeros(1),
-        -unbounded,
-        unbounded,
-        blpjax.ScipyOptimizer("bfgs", gtol=1e-6),
-    )
+    ours = _scipy_minimize(f, x0, 1e-6)
     assert plain.success and ours.success
     assert ours.evaluations == scipy_evaluations
     np.testing.assert_allclose(ours.x, plain.x, rtol=1e-12, atol=1e-14)

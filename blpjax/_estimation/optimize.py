@@ -275,8 +275,7 @@ def scipy_minimize(
             progress.evaluated(x, q, g, ev)
         if np.isfinite(q) and np.all(np.isfinite(g)):
             state["finite"] += 1
-            ok = np.all(np.asarray(ev.status) == 0)
-            if ok:
+            if np.all(np.asarray(ev.status) == 0):
                 state["delta"] = ev.delta  # warm start the next evaluation
                 state["x"], state["jacobian"] = x_in, getattr(ev, "delta_jacobian", None)
                 if state["endgame"] is not None:
