@@ -6,7 +6,7 @@ build on them. Names here may change between versions; the public names are thos
 - the model for one market: :class:`Market`, :class:`Theta`, :func:`market_log_shares`, :func:`shares`,
   :func:`mu`, :func:`logit_delta`, :class:`ParameterSpec`;
 - inversion: :func:`contraction_map`, :func:`fixed_point`, :class:`FixedPoint`;
-- the supply side: :func:`markups`, :func:`bertrand_markups` (the JVP-ruled markups),
+- the supply side: :func:`markups`, :func:`bertrand_markups` (the JVP-ruled markups, of (J, I) arrays),
   :func:`bertrand_parts`, :func:`ownership_matrix`, :func:`firm_membership`;
 - prices and equilibrium for one market: :class:`PriceDemand`, :class:`Ownership`, :func:`shares_at`, :func:`demand_derivatives`, :func:`equilibrium_prices` (implicit
   derivative), :func:`equilibrium_prices_unrolled`, :func:`first_order_conditions`, :func:`zeta_map`,

@@ -267,7 +267,7 @@ def test_markup_jvp_rule_matches_dense_autodiff(firms_per_market):
     """The O(J·I·F) JVP rule of the markups equals autodiff through the dense J×J Δ: forward, reverse, Hessian.
 
     Random probabilities (with padded products), price derivatives, weights and ownership; 3 firms
-    of 10 products takes the factored ownership product (X B) Bᵀ, 9 firms the dense X (B Bᵀ).
+    of 10 products takes the factored ownership product B (Bᵀ X), 9 firms the dense (B Bᵀ) X.
     """
 
     rng = np.random.default_rng(firms_per_market)
@@ -277,8 +277,9 @@ def test_markup_jvp_rule_matches_dense_autodiff(firms_per_market):
     firms = firm_membership(firm_ids, mask[None])[0]
     u = rng.normal(size=(I, J))
     e = np.exp(u) * np.asarray(mask)
-    P = jnp.asarray(e / (1 + e.sum(1, keepdims=True)))
-    a = jnp.asarray(-rng.uniform(1, 3, size=(I, 1)) * rng.uniform(0.5, 1.5, size=(I, J)) * np.asarray(mask))
+    # products by agents, (J, I), as the rule takes them
+    P = jnp.asarray(e / (1 + e.sum(1, keepdims=True))).T
+    a = jnp.asarray(-rng.uniform(1, 3, size=(I, 1)) * rng.uniform(0.5, 1.5, size=(I, J)) * np.asarray(mask)).T
     w = jnp.asarray(rng.uniform(0.5, 1.5, size=I) / I)
 
     def dense(P, a, w):

@@ -65,7 +65,7 @@ def _factored_parts(theta: Theta, market: Market):
 
     def parts(delta):
         delta = fm.scaled(delta)
-        c = jnp.max(jnp.where(mask, delta, -jnp.inf))
+        c = jax.lax.stop_gradient(jnp.max(jnp.where(mask, delta, -jnp.inf)))  # a shift (FactoredMarket.build_t)
         ex = jnp.exp(jnp.concatenate([jnp.where(mask, delta - c, -jnp.inf), -c[None]]))
         denominators = exp_neg_m * ex[-1] + column_sums(fm.E, ex[:-1, None])[:, 0]
         inner = fm.E @ (fm.weights / denominators)

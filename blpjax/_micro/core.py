@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .._model.market import Market, Theta, market_mu
-from .._model.shares import choice
+from .._model.market import Market, Theta, market_mu, market_mu_t
+from .._model.shares import FactoredMarket, choice, column_sums
 
 
 class MicroMarket(eqx.Module):
@@ -156,12 +156,19 @@ def _exp_masked(log_p, keep):
 
 
 def first_choice_probabilities(delta: Float[Array, " J"], theta: Theta, market: Market):
-    """(P, P0): inside choice probabilities ``(I, J)`` (0 on padding) and the outside good's ``(I,)``.
+    """(Pᵀ, P0): inside choice probabilities products by agents, ``(J, I)`` (0 on padding), and the outside good's
+    ``(I,)``.
 
-    The objective computes them once per market and hands them to the supply side and the micro
-    moments, so that one evaluation has one forward pass and one reverse pass through them.
+    The objective computes them once per market and hands them to the supply side and the micro moments, so that
+    one evaluation has one forward and one reverse pass through them. Without nesting they come from exp(μ) in the
+    layout of the share inversion (:class:`.shares.FactoredMarket`): the same μ and exp(μ) as the contraction's and
+    its implicit derivative's, which XLA forms once, where the log-space (I, J) form computed μ a second time.
     """
-    return _first_choices(delta, theta, market)[3:]
+    if theta.nested:
+        P, P0 = _first_choices(delta, theta, market)[3:]
+        return P.T, P0
+    fm = FactoredMarket.build_t(market_mu_t(theta, market), market.weights, market.mask, market.epsilon_scale)
+    return fm.choices_t(delta)
 
 
 def _first_choices(delta, theta: Theta, market: Market):
@@ -219,11 +226,12 @@ def choice_probabilities(
 
 
 def _first_choice_products(probs, outside_first: bool, B):
-    """Σ_j s_ij B_kj for the rows k of B, ``(I, K)``, without forming the (I, 1+J) probabilities."""
-    P, P0 = probs
+    """Σ_j s_ij B_kj for the rows k of B, ``(I, K)``, without forming the (I, 1+J) probabilities (``probs``: the
+    products-by-agents (Pᵀ, P0) of :func:`first_choice_probabilities`)."""
+    Pt, P0 = probs
     if not outside_first:
-        return P @ B.T
-    return P0[:, None] * B[:, 0][None, :] + P @ B[:, 1:].T
+        return column_sums(Pt, B.T)
+    return P0[:, None] * B[:, 0][None, :] + column_sums(Pt, B[:, 1:].T)
 
 
 def _factored_terms(probs, market, spec: DatasetSpec, second_moments: bool, arrays: DatasetMarket):

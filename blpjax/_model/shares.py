@@ -189,7 +189,10 @@ class FactoredMarket(eqx.Module):
     def build_t(cls, mu_t: Float[Array, "J I"], weights, mask, scale: float = 1.0) -> FactoredMarket:
         """From μ transposed, (J, I)."""
         mu_t = jnp.where(mask[:, None], mu_t if scale == 1.0 else mu_t / scale, NEG_INF)
-        m = jnp.maximum(jnp.max(mu_t, axis=0), 0.0)
+        # m (and c below) only shift exponents: every quantity formed from E, m and c is invariant to them, so they
+        # are constants to autodiff. A maximum's derivative would divide by the count of entries equal to it, and
+        # an XLA fusion that recomputes μ with other rounding (LLVM level 0) made that count 0 and the tangent NaN
+        m = jax.lax.stop_gradient(jnp.maximum(jnp.max(mu_t, axis=0), 0.0))
         return cls(jnp.exp(mu_t - m[None, :]), m, weights, mask, scale)
 
     def scaled(self, delta):
@@ -200,7 +203,7 @@ class FactoredMarket(eqx.Module):
         """(c, e): c = max_j δ_j/λ (0 in a market without products, so that everything below stays finite) and
         e_j = exp(δ_j/λ − c), 0 on padding."""
         delta = self.scaled(delta)
-        c = jnp.where(jnp.any(self.mask), jnp.max(jnp.where(self.mask, delta, NEG_INF)), 0.0)
+        c = jax.lax.stop_gradient(jnp.where(jnp.any(self.mask), jnp.max(jnp.where(self.mask, delta, NEG_INF)), 0.0))
         return c, jnp.where(self.mask, jnp.exp(delta - c), 0.0)
 
     def _terms(self, delta):
@@ -225,3 +228,9 @@ class FactoredMarket(eqx.Module):
 
     def probabilities(self, delta) -> Float[Array, "I J"]:
         return self.probabilities_t(delta).T
+
+    def choices_t(self, delta) -> tuple[Float[Array, "J I"], Float[Array, " I"]]:
+        """(Pᵀ, P0): the inside probabilities products by agents, (J, I) (0 on padded products), and the outside
+        good's, P0_i = e^{-m_i-c} / den_i."""
+        c, e, denominators = self._terms(delta)
+        return self.E * e[:, None] / denominators[None, :], jnp.exp(-self.m - c) / denominators

@@ -117,8 +117,9 @@ def firm_membership(firm_ids, mask) -> Bool[Array, "T J F"]:
     return jnp.asarray(out)
 
 
-def utility_price_derivatives(theta, market, supply: SupplyMarket) -> Float[Array, "I J"]:
-    """∂u_ij/∂p_j = dX2_j·(Σν_i + Πd_i) + dX1_j·β (β: the linear parameters that are not concentrated out)."""
+def utility_price_derivatives(theta, market, supply: SupplyMarket, transposed: bool = False) -> Float[Array, "I J"]:
+    """∂u_ij/∂p_j = dX2_j·(Σν_i + Πd_i) + dX1_j·β (β: the linear parameters that are not concentrated out);
+    ``transposed``: (J, I), products by agents."""
     from .._model.market import market_coefficients
 
     coefficients = market_coefficients(theta, market)
@@ -126,18 +127,21 @@ def utility_price_derivatives(theta, market, supply: SupplyMarket) -> Float[Arra
         # one slope per agent, broadcast over products: no I × J × K2 product, and XLA fuses the broadcast into
         # its consumers instead of storing an (I, J) array (Petrin's vg call ≈ 10% faster)
         slope = coefficients @ supply.dX2[0]
-        out = jnp.broadcast_to(slope[:, None], (slope.shape[0], supply.dX2.shape[0]))
+        J, I = supply.dX2.shape[0], slope.shape[0]
+        out = jnp.broadcast_to(slope[None, :], (J, I)) if transposed else jnp.broadcast_to(slope[:, None], (I, J))
     else:
-        out = apply_coefficients(coefficients, supply.dX2)
+        out = apply_coefficients(coefficients, supply.dX2, transposed)
     if supply.dX1 is not None and theta.linear is not None:
-        out = out + (supply.dX1 @ theta.linear[: supply.dX1.shape[-1]])[None, :]
+        linear = supply.dX1 @ theta.linear[: supply.dX1.shape[-1]]
+        out = out + (linear[:, None] if transposed else linear[None, :])
     return out
 
 
-def _scaled_price_derivatives(theta, market, supply: SupplyMarket) -> Float[Array, "I J"]:
-    """∂(u_ij/λ)/∂p_j, 0 on padded products: what the closed-form share derivatives multiply the probabilities by."""
-    a = utility_price_derivatives(theta, market, supply) / market.epsilon_scale
-    return jnp.where(market.mask[None, :], a, 0.0)
+def _scaled_price_derivatives(theta, market, supply: SupplyMarket, transposed: bool = False) -> Float[Array, "I J"]:
+    """∂(u_ij/λ)/∂p_j, 0 on padded products: what the closed-form share derivatives multiply the probabilities by
+    (``transposed``: (J, I))."""
+    a = utility_price_derivatives(theta, market, supply, transposed) / market.epsilon_scale
+    return jnp.where(market.mask[:, None] if transposed else market.mask[None, :], a, 0.0)
 
 
 def share_price_jacobian(delta, theta, market, supply: SupplyMarket) -> Float[Array, "J J"]:
@@ -177,18 +181,18 @@ def markups(delta, theta, market, supply: SupplyMarket, ownership=None, P=None) 
 
     Without nesting and with the data's ownership this goes through :func:`_bertrand_markups`
     (derivatives in O(J·I) per tangent); nested models or another ``ownership`` (counterfactual
-    mergers) form Δ's derivatives by plain autodiff of the dense J×J Jacobian.
+    mergers) form Δ's derivatives by plain autodiff of the dense J×J Jacobian. ``P``: the choice
+    probabilities at δ products by agents, (J, I), when the caller has them.
     """
     mask = market.mask
     if ownership is None and not theta.nested:
-        from .._model.market import market_mu
+        from .._model.market import market_mu_t
 
-        if P is None:  # ``P``: the choice probabilities at δ, when the caller has them
-            P = FactoredMarket.build(market_mu(theta, market), market.weights, mask, market.epsilon_scale)
-            P = P.probabilities(delta)
-        return _bertrand_markups(
-            P, _scaled_price_derivatives(theta, market, supply), market.weights, supply.firms, mask
-        )
+        if P is None:
+            fm = FactoredMarket.build_t(market_mu_t(theta, market), market.weights, mask, market.epsilon_scale)
+            P = fm.probabilities_t(delta)
+        a = _scaled_price_derivatives(theta, market, supply, transposed=True)
+        return _bertrand_markups(P, a, market.weights, supply.firms, mask)
     J = delta.shape[0]
     if ownership is None:
         ownership = ownership_matrix(supply.firm_ids, mask)
@@ -200,36 +204,38 @@ def markups(delta, theta, market, supply: SupplyMarket, ownership=None, P=None) 
 
 
 def _own(X, B):
-    """X O with O = B Bᵀ the ownership matrix: Σ_k X_ik O_kj, through B when firms are few."""
+    """O X with O = B Bᵀ the (symmetric) ownership matrix and X products by agents: Σ_k O_jk X_ki, through B when
+    firms are few."""
     if 2 * B.shape[1] < B.shape[0]:
-        return (X @ B) @ B.T
-    return X @ (B @ B.T)
+        return B @ (B.T @ X)
+    return (B @ B.T) @ X
 
 
 def _bertrand_parts(P, a, w, firms, mask):
-    """Δ (identity on padding) and s of one market from probabilities P and ∂u/∂p = a (both I×J),
-    with the products w ⊙ P and P ⊙ a they are built from.
+    """Δ (identity on padding) and s of one market from probabilities P and ∂u/∂p = a (both products by agents,
+    (J, I)), with the products P ⊙ w and P ⊙ a they are built from.
 
-    ∂s_j/∂p_k = Λ_j 1{j=k} − Γ_jk with Λ = Σ_i w_i P_ij a_ij and Γ_jk = Σ_i w_i P_ij P_ik a_ik, so
-    Δ = −O ⊙ (∂s/∂p)ᵀ = O ⊙ Γᵀ − diag(Λ).
+    ∂s_j/∂p_k = Λ_j 1{j=k} − Γ_jk with Λ = Σ_i w_i P_ji a_ji and Γ_jk = Σ_i w_i P_ji P_ki a_ki, so
+    Δ = −O ⊙ (∂s/∂p)ᵀ = O ⊙ Γᵀ − diag(Λ). Γᵀ is one transposed (NT) product of two (J, I) arrays.
     """
     B = firms.astype(P.dtype)
     both = mask[:, None] & mask[None, :]
-    wP = w[:, None] * P
+    wP = P * w[None, :]
     Pa = P * a
-    lam = w @ Pa
-    capital_delta = (B @ B.T) * (Pa.T @ wP) - jnp.diag(lam)
-    capital_delta = jnp.where(both, capital_delta, jnp.eye(P.shape[1], dtype=P.dtype))
-    s = jnp.where(mask, w @ P, 0.0)
+    lam = Pa @ w
+    capital_delta = (B @ B.T) * (Pa @ wP.T) - jnp.diag(lam)
+    capital_delta = jnp.where(both, capital_delta, jnp.eye(P.shape[0], dtype=P.dtype))
+    s = jnp.where(mask, P @ w, 0.0)
     return capital_delta, s, wP, Pa
 
 
 @eqx.filter_custom_jvp
 def _bertrand_markups(P, a, w, firms, mask):
-    """η = Δ⁻¹ s (see :func:`_bertrand_parts`), with a JVP rule that never forms dΔ.
+    """η = Δ⁻¹ s (see :func:`_bertrand_parts`; P and a products by agents, (J, I)), with a JVP rule that never forms
+    dΔ.
 
     dη = Δ⁻¹ (ds − dΔ η), and (dΔ η)_j = Σ_k O_jk dΓ_kj η_k − dΛ_j η_j only needs, per agent,
-    sums over the products of j's firm: (dΔ η)_j = Σ_i [Pa ⊙ (d(wP) η)O + d(Pa) ⊙ (wP η)O − η ⊙ d(wPa)]_ij.
+    sums over the products of j's firm: (dΔ η)_j = Σ_i [Pa ⊙ O(d(wP) η) + d(Pa) ⊙ O(wP η) − η ⊙ d(wPa)]_ji.
     That is O(J·I·F) per tangent against O(J²·I) for autodiff through Γ, and reverse mode
     transposes it (with Δ's LU factors reused for Δᵀ).
     """
@@ -256,12 +262,12 @@ def _bertrand_markups_jvp(primals, tangents):
 
     eta = jnp.where(mask, solve(s), 0.0)
     B = firms.astype(P.dtype)
-    d_wP = dw[:, None] * P + w[:, None] * dP
+    d_wP = P * dw[None, :] + dP * w[None, :]
     d_Pa = dP * a + P * da
-    d_wPa = dw[:, None] * Pa + w[:, None] * d_Pa
-    R = _own(wP * eta[None, :], B)
-    dR = _own(d_wP * eta[None, :], B)
-    rhs = jnp.where(mask, jnp.sum(d_wP - Pa * dR - d_Pa * R + d_wPa * eta[None, :], axis=0), 0.0)
+    d_wPa = Pa * dw[None, :] + d_Pa * w[None, :]
+    R = _own(wP * eta[:, None], B)
+    dR = _own(d_wP * eta[:, None], B)
+    rhs = jnp.where(mask, jnp.sum(d_wP - Pa * dR - d_Pa * R + d_wPa * eta[:, None], axis=1), 0.0)
     t_eta = solve(rhs)
     return eta, jnp.where(mask, t_eta, 0.0)
 
@@ -282,7 +288,7 @@ class Costs(eqx.Module):
 
 
 def market_costs(delta, theta, market, supply: SupplyMarket, costs_type: str, bounds, P=None) -> Costs:
-    """c = p − η, clipped to ``bounds``, and f(c)."""
+    """c = p − η, clipped to ``bounds``, and f(c) (``P``: the probabilities products by agents, (J, I), if at hand)."""
     mask = market.mask
     eta = markups(delta, theta, market, supply, P=P)
     raw = supply.prices - eta
@@ -301,7 +307,7 @@ def market_costs(delta, theta, market, supply: SupplyMarket, costs_type: str, bo
 def all_costs(delta, theta, setup, P=None) -> Costs:
     """:func:`market_costs` vmapped over markets (``setup`` is an :class:`._objective.Setup` with supply).
 
-    ``P``: the (T, I, J) choice probabilities at δ when the caller has them (shared with the micro moments).
+    ``P``: the (T, J, I) choice probabilities (products by agents) at δ when the caller has them (shared with the micro moments).
     """
     sup = setup.supply
     return jax.vmap(market_costs, in_axes=(0, None, 0, 0, None, None, 0 if P is not None else None))(
