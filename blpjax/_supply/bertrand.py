@@ -307,7 +307,8 @@ def market_costs(delta, theta, market, supply: SupplyMarket, costs_type: str, bo
 def all_costs(delta, theta, setup, P=None) -> Costs:
     """:func:`market_costs` vmapped over markets (``setup`` is an :class:`._objective.Setup` with supply).
 
-    ``P``: the (T, J, I) choice probabilities (products by agents) at δ when the caller has them (shared with the micro moments).
+    ``P``: the (T, J, I) choice probabilities (products by agents) at δ when the caller has them (shared with the
+    micro moments).
     """
     sup = setup.supply
     return jax.vmap(market_costs, in_axes=(0, None, 0, 0, None, None, 0 if P is not None else None))(
