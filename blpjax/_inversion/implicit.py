@@ -27,8 +27,8 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float
 
 from .._model.logit import logit_delta
-from .._model.market import Market, Theta, market_coefficients, market_log_shares, market_mu_t
-from .._model.shares import FactoredMarket, column_sums
+from .._model.market import Market, Theta, market_coefficients, market_factored, market_log_shares, market_mu_t
+from .._model.shares import column_sums
 from .contraction import ContractionConfig, FixedPoint, fixed_point
 
 
@@ -60,7 +60,7 @@ def _factored_parts(theta: Theta, market: Market):
     FactoredMarket.log_shares_shifted with exp(−m) hoisted out of the loop and the J + 1 exponentials of a step in
     one vector (one exponential kernel per step: faster, and less code to compile)."""
     mask = market.mask
-    fm = FactoredMarket.build_t(market_mu_t(theta, market), market.weights, mask, market.epsilon_scale)
+    fm = market_factored(theta, market)
     exp_neg_m = jnp.exp(-fm.m)
 
     def parts(delta):
@@ -214,7 +214,7 @@ def _ift_tangent_factored(delta, theta, market, t_mu, t_weights, t_log_shares, t
     product-specific demographics move μ itself (``t_mu``, (J, I)).
     """
     mask, scale, w = market.mask, market.epsilon_scale, market.weights  # in units of λ: d(δ/λ) from d(μ/λ), × λ
-    fm = FactoredMarket.build_t(market_mu_t(theta, market), w, mask, scale)
+    fm = market_factored(theta, market)
     E = fm.E
     c, e = fm.shifted_exp(delta)
     X = jnp.where(mask[:, None], market.X2, 0.0)

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .._model.market import Market, Theta, market_mu, market_mu_t
-from .._model.shares import FactoredMarket, choice, column_sums
+from .._model.market import Market, Theta, market_factored, market_mu
+from .._model.shares import choice, column_sums
 
 
 class MicroMarket(eqx.Module):
@@ -167,8 +167,7 @@ def first_choice_probabilities(delta: Float[Array, " J"], theta: Theta, market: 
     if theta.nested:
         P, P0 = _first_choices(delta, theta, market)[3:]
         return P.T, P0
-    fm = FactoredMarket.build_t(market_mu_t(theta, market), market.weights, market.mask, market.epsilon_scale)
-    return fm.choices_t(delta)
+    return market_factored(theta, market).choices_t(delta)
 
 
 def _first_choices(delta, theta: Theta, market: Market):

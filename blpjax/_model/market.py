@@ -11,7 +11,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .shares import apply_coefficients, log_shares, random_coefficients
+from .shares import FactoredMarket, apply_coefficients, log_shares, random_coefficients
 
 
 class Theta(eqx.Module):
@@ -75,6 +75,12 @@ def market_mu(theta: Theta, market: Market) -> Float[Array, "I J"]:
 def market_mu_t(theta: Theta, market: Market) -> Float[Array, "J I"]:
     """μ transposed, (J, I)."""
     return market_mu_at(theta, market, market.X2, transposed=True)
+
+
+def market_factored(theta: Theta, market: Market) -> FactoredMarket:
+    """exp(μ) of a non-nested market in the share inversion's layout (:class:`.shares.FactoredMarket`): what the
+    contraction, its implicit derivative, the markups and the micro moments all read (XLA forms it once)."""
+    return FactoredMarket.build_t(market_mu_t(theta, market), market.weights, market.mask, market.epsilon_scale)
 
 
 def market_log_shares(delta, theta: Theta, market: Market):

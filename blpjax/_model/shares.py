@@ -223,8 +223,7 @@ class FactoredMarket(eqx.Module):
 
     def probabilities_t(self, delta) -> Float[Array, "J I"]:
         """P transposed, (J, I) (0 on padded products)."""
-        _, e, denominators = self._terms(delta)
-        return self.E * e[:, None] / denominators[None, :]
+        return self.choices_t(delta)[0]
 
     def probabilities(self, delta) -> Float[Array, "I J"]:
         return self.probabilities_t(delta).T

@@ -186,11 +186,10 @@ def markups(delta, theta, market, supply: SupplyMarket, ownership=None, P=None) 
     """
     mask = market.mask
     if ownership is None and not theta.nested:
-        from .._model.market import market_mu_t
+        from .._model.market import market_factored
 
         if P is None:
-            fm = FactoredMarket.build_t(market_mu_t(theta, market), market.weights, mask, market.epsilon_scale)
-            P = fm.probabilities_t(delta)
+            P = market_factored(theta, market).probabilities_t(delta)
         a = _scaled_price_derivatives(theta, market, supply, transposed=True)
         return _bertrand_markups(P, a, market.weights, supply.firms, mask)
     J = delta.shape[0]
